@@ -1,0 +1,31 @@
+"""netgraft: grow trained PyTorch models exactly.
+
+Public API:
+    widen(model, widths, *, example_inputs, noise=0.0, seed=None) -> wider copy computing the same function
+    groups(model, example_inputs) -> table of coupled dimensions
+    check_preserved(a, b, example_inputs) -> Certificate (max output difference)
+    register_op / register_layer / RuleContext -> extension point for custom ops and layers
+"""
+
+from .certify import Certificate, check_preserved
+from .errors import NotPreservedError, UnsupportedModelError
+from .registry import RuleContext, register_layer, register_op, unregister_layer
+from .widen import Group, GroupTable, WidenReport, groups, widen
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Certificate",
+    "Group",
+    "GroupTable",
+    "NotPreservedError",
+    "RuleContext",
+    "UnsupportedModelError",
+    "WidenReport",
+    "check_preserved",
+    "groups",
+    "register_layer",
+    "register_op",
+    "unregister_layer",
+    "widen",
+]

@@ -1,0 +1,223 @@
+"""Plan: new sizes for the groups (checked against their constraints and links) and an index map for each."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import _space as sp
+from ._groups import Coupling, Group
+from ._space import Space
+from .errors import EXTENSION_HINT, UnsupportedModelError
+
+
+@dataclass
+class LeafMap:
+    """Unit j of the grown group copies old unit `src[j]`; a summing consumer scales it by `frac[j]`."""
+
+    src: np.ndarray  # int64, length new size
+    frac: np.ndarray  # float64; for each old unit its copies' fractions sum to 1
+
+
+def _total(space: Space, sizes: dict[int, int]) -> int:
+    r = sp.find(space)
+    if r.kind == "leaf":
+        return sizes.get(r.id, r.size)
+    vals = [_total(p, sizes) for p in r.parts]
+    return math.prod(vals) if r.kind == "prod" else sum(vals)
+
+
+def _describe(g: Group) -> str:
+    return f"group '{g.name}'" if g.name else f"group #{g.index} ({g.members[0]})"
+
+
+class Planner:
+    def __init__(self, coupling: Coupling):
+        self.c = coupling
+        self.sizes: dict[int, int] = {}
+
+    # -- requests -------------------------------------------------------------------------------------------
+    def group_for_key(self, key: str) -> tuple[Group, Space]:
+        spaces = self.c.producer_keys.get(key)
+        if not spaces:
+            names = [n for n, _ in self.c.trace.model.named_modules() if n]
+            if key in names:
+                raise KeyError(
+                    f"module '{key}' produces no dimension that netgraft can widen (a layer such as BatchNorm or an "
+                    f"activation follows the width of the layer before it: name that layer). Keys: "
+                    f"{sorted(self.c.producer_keys)[:12]}"
+                )
+            close = difflib.get_close_matches(key, list(self.c.producer_keys) + names, n=5, cutoff=0.5)
+            raise KeyError(f"no module named '{key}' in the model; close matches: {close or 'none'}")
+        if len(spaces) > 1:
+            raise ValueError(f"'{key}' produces several dimensions; name the parameter instead (e.g. '{key}.weight')")
+        space = spaces[0]
+        leaves = [x for x in sp.leaves(space) if x.id in self.c.by_leaf]
+        free = [x for x in leaves if self.c.free(x)]
+        if len(free) == 1:
+            return self.c.by_leaf[free[0].id], space
+        groups = [self.c.by_leaf[x.id] for x in leaves]
+        blocked = [r for g in groups for r in g.blocked]
+        if blocked:
+            raise UnsupportedModelError(f"cannot widen '{key}': {blocked[0]}. {EXTENSION_HINT}")
+        fixed = [r for g in groups for r in g.fixed]
+        raise ValueError(f"cannot widen '{key}': its dimension cannot grow ({'; '.join(fixed[:3]) or 'no free unit'})")
+
+    def request_total(self, key: str, total: int) -> None:
+        g, space = self.group_for_key(key)
+        old_total = sp.find(space).size
+        if sp.find(space).kind == "sum":
+            raise ValueError(f"'{key}' writes a concatenation; name the layers that produce its parts")
+        unit = old_total // g.size
+        if total < old_total or total % unit:
+            raise ValueError(
+                f"'{key}' ({_describe(g)}) has size {old_total}; requested {total}. Valid sizes: "
+                f"{self.valid_totals(g, unit)}" + (" (sizes never shrink)" if total < old_total else "")
+            )
+        new = total // unit
+        if g.uniform and new % g.size:
+            raise ValueError(
+                f"'{key}' has size {old_total} and {g.uniform[0]}: exact widening needs uniform replication, i.e. "
+                f"a multiple of {old_total}. Valid sizes: {self.valid_totals(g, unit)}"
+            )
+        if g.leaf.id in self.sizes and self.sizes[g.leaf.id] != new:
+            raise ValueError(f"conflicting sizes for {_describe(g)}: {self.sizes[g.leaf.id] * unit} and {total}")
+        self.sizes[g.leaf.id] = new
+
+    def valid_totals(self, g: Group, unit: int, count: int = 5) -> list[int]:
+        out, q = [], g.size
+        while len(out) < count and q < g.size * 1000:
+            q += 1
+            if g.uniform and q % g.size:
+                continue
+            trial = {**self.sizes, g.leaf.id: q}
+            try:
+                self.propagate(trial)
+            except ValueError:
+                continue
+            out.append(q * unit)
+        return out
+
+    def request_factor(self, factor: float) -> None:
+        if not factor >= 1.0:
+            raise ValueError(f"width factor must be >= 1, got {factor}")
+        blocked = [g for g in self.c.groups if g.blocked and g.name and not g.fixed]
+        if blocked:
+            lines = "; ".join(f"'{g.name}': {g.blocked[0]}" for g in blocked[:4])
+            raise UnsupportedModelError(
+                f"cannot widen every dimension by {factor}: {len(blocked)} dimension(s) touch ops netgraft cannot "
+                f"map: {lines}. Pass a dict of the dimensions to widen instead, or add a rule. {EXTENSION_HINT}"
+            )
+        for g in self.c.groups:
+            if not g.growable or not g.name or g.dependent or g.leaf.id in self.sizes:
+                continue
+            q = math.ceil(g.size * factor - 1e-9)
+            for _ in range(10_000):
+                if q > g.size and not (g.uniform and q % g.size):
+                    trial = {**self.sizes, g.leaf.id: q}
+                    try:
+                        self.propagate(trial)
+                    except ValueError:
+                        pass
+                    else:
+                        self.sizes[g.leaf.id] = q
+                        break
+                if q == g.size and factor == 1.0:
+                    break
+                q += 1
+
+    # -- links ------------------------------------------------------------------------------------------------
+    def propagate(self, sizes: dict[int, int]) -> dict[int, int]:
+        """Derive dependent sizes from links (in place); ValueError when a link or constraint cannot hold."""
+        for _ in range(len(self.c.trace.links) + 1):
+            changed = False
+            for link in self.c.trace.links:
+                want = _total(link.primary, sizes)
+                have = _total(link.dependent, sizes)
+                if want == have:
+                    continue
+                free = [x for x in self.c.free_leaves(link.dependent) if x.id not in sizes]
+                if len(free) != 1:
+                    raise ValueError(f"sizes break a link: {link.reason} ({want} != {have})")
+                leaf = free[0]
+                coef = _total(link.dependent, {**sizes, leaf.id: 1})
+                if sp.find(link.dependent).kind == "sum" or want % coef:
+                    raise ValueError(f"{link.reason}: {want} is not a multiple of {coef}")
+                new = want // coef
+                g = self.c.by_leaf[leaf.id]
+                if new < leaf.size or (g.uniform and new % leaf.size):
+                    raise ValueError(f"{link.reason}: {_describe(g)} would need {new} units")
+                sizes[leaf.id] = new
+                changed = True
+            if not changed:
+                return sizes
+        return sizes
+
+    # -- maps ---------------------------------------------------------------------------------------------------
+    def build_maps(self, noise: float, seed: int | None) -> dict[int, LeafMap]:
+        self.propagate(self.sizes)
+        rng = np.random.default_rng(seed)
+        maps: dict[int, LeafMap] = {}
+        for g in self.c.groups:  # group order is trace order: deterministic for a given seed
+            q = self.sizes.get(g.leaf.id, g.size)
+            if q == g.size:
+                continue
+            n = g.size
+            if g.uniform:
+                src = np.arange(q) % n
+            else:
+                src = np.concatenate([np.arange(n), rng.integers(0, n, q - n)])
+            counts = np.bincount(src, minlength=n)
+            frac = 1.0 / counts[src]
+            if noise:
+                for i in np.flatnonzero(counts > 1):
+                    idx = np.flatnonzero(src == i)
+                    z = rng.standard_normal(len(idx))
+                    frac[idx] *= 1.0 + noise * (z - z.mean())  # fractions still sum to 1: exact
+            maps[g.leaf.id] = LeafMap(src.astype(np.int64), frac)
+        return maps
+
+
+class SpaceMaps:
+    """Index maps of whole axes (products and concatenations of groups), memoised per space."""
+
+    def __init__(self, maps: dict[int, LeafMap]):
+        self.maps = maps
+        self._memo: dict[int, LeafMap | None] = {}
+
+    def changes(self, space: Space) -> bool:
+        return self.get(space) is not None
+
+    def get(self, space: Space) -> LeafMap | None:
+        r = sp.find(space)
+        if r.id in self._memo:
+            return self._memo[r.id]
+        if r.kind == "leaf":
+            out = self.maps.get(r.id)
+        else:
+            parts = [self.get(p) or LeafMap(np.arange(sp.find(p).size), np.ones(sp.find(p).size)) for p in r.parts]
+            if all(self.get(p) is None for p in r.parts):
+                out = None
+            elif r.kind == "prod":
+                src, frac = np.zeros(1, np.int64), np.ones(1)
+                for p, m in zip(r.parts, parts, strict=True):
+                    n_old = sp.find(p).size
+                    src = (src[:, None] * n_old + m.src[None, :]).reshape(-1)
+                    frac = (frac[:, None] * m.frac[None, :]).reshape(-1)
+                out = LeafMap(src, frac)
+            else:
+                offs = np.cumsum([0] + [sp.find(p).size for p in r.parts])
+                out = LeafMap(np.concatenate([m.src + o for m, o in zip(parts, offs, strict=False)]),
+                              np.concatenate([m.frac for m in parts]))
+        self._memo[r.id] = out
+        return out
+
+    def torch_map(self, space: Space, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        m = self.get(space)
+        if m is None:
+            return None
+        return torch.from_numpy(m.src).to(device), torch.from_numpy(m.frac)

@@ -1,0 +1,259 @@
+"""Trace: run the model once and couple tensor axes through every torch op it executes.
+
+A `TorchFunctionMode` sees each torch function call (F.linear, Tensor.view, torch.cat, ...) as one atomic op; module
+hooks keep a stack of the module paths being executed, so every op knows where it ran. Each op is looked up in the
+registry (`netgraft.registry`); an op with no rule blocks every axis it touches, so a model we cannot map is
+refused rather than widened wrongly. Modules whose type has a registered *layer* rule are traced as one op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from . import _space as sp
+from ._space import Space
+
+COPY = "copy"  # axis holds one value per unit: gathered when units are replicated (weight rows, biases, BN stats)
+FANIN = "fanin"  # axis is summed over: gathered and split between the copies of a unit (next layer's columns)
+
+
+@dataclass(eq=False)
+class Value:
+    """A traced tensor: one `Space` per axis, and (for parameters and views of them) the tensor it aliases."""
+
+    shape: tuple[int, ...]
+    dims: list[Space]
+    param: str | None = None  # qualified name of the parameter/buffer this value is (a view of)
+    param_axes: tuple[int | None, ...] = ()  # for each axis of this value, the parameter axis it is
+    producer: OpRecord | None = None
+    consumers: list[OpRecord] = field(default_factory=list)
+
+    def dim(self, axis: int) -> Space:
+        return self.dims[axis % len(self.dims)] if self.dims else Space(1)
+
+
+@dataclass(eq=False)
+class OpRecord:
+    name: str
+    module: str
+    inputs: list[Value]
+    outputs: list[Value]
+    roles: list[tuple[str, int, str]] = field(default_factory=list)  # (param, axis, role) set by this op
+
+    def where(self) -> str:
+        return f"op '{self.name}' in module '{self.module or '<root>'}'"
+
+
+@dataclass
+class Producer:
+    key: str  # module path (or parameter name) a user passes in `widths`
+    space: Space
+    where: str
+
+
+@dataclass
+class Link:
+    """Two axes whose total sizes must stay equal (e.g. MultiheadAttention: embed_dim == num_heads*head_dim)."""
+
+    primary: Space
+    dependent: Space
+    reason: str
+
+
+@dataclass
+class AttrSetter:
+    module: str
+    attr: str
+    spaces: tuple[Space, ...] | Space  # attribute becomes the new size (or tuple of sizes)
+
+
+class Trace:
+    """Everything `couple` learned from one run: parameter axes, roles, producers, links and attributes."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.module_names: dict[int, str] = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        self.tensors: dict[int, tuple[str, torch.Tensor]] = {}
+        for n, p in model.named_parameters(remove_duplicate=True):
+            self.tensors.setdefault(id(p), (n, p))
+        for n, b in model.named_buffers(remove_duplicate=True):
+            self.tensors.setdefault(id(b), (n, b))
+        self.tensors_by_name: dict[str, torch.Tensor] = {n: t for n, t in self.tensors.values()}
+        self.param_dims: dict[str, list[Space]] = {}
+        self.roles: dict[tuple[str, int], set[str]] = {}
+        self.role_ops: dict[tuple[str, int], list[OpRecord]] = {}
+        self.producers: list[Producer] = []
+        self.links: list[Link] = []
+        self.attrs: list[AttrSetter] = []
+        self.ops: list[OpRecord] = []
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.values: dict[int, tuple[torch.Tensor, Value]] = {}
+        self.module_stack: list[str] = []
+
+    # -- values ---------------------------------------------------------------------------------------------
+    def param_value(self, name: str, t: torch.Tensor) -> Value:
+        dims = self.param_dims.get(name)
+        if dims is None:
+            dims = [Space(n, origin=f"axis {i} of '{name}'") for i, n in enumerate(t.shape)]
+            self.param_dims[name] = dims
+        return Value(tuple(t.shape), list(dims), param=name, param_axes=tuple(range(t.dim())))
+
+    def value_of(self, t: torch.Tensor, where: str) -> Value:
+        hit = self.values.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        known = self.tensors.get(id(t))
+        if known is not None:
+            return self.param_value(*known)
+        # A tensor that is neither traced, nor a parameter/buffer, nor an input: a constant stored on the model
+        # or created outside torch functions. Its sizes are frozen, so whatever it couples to cannot grow.
+        v = self.new_value(t)
+        for s in v.dims:
+            if s.size > 1:
+                sp.block(s, f"constant tensor of shape {tuple(t.shape)} used by {where} (not a parameter/buffer)")
+        return v
+
+    def new_value(self, t: torch.Tensor, origin: str = "") -> Value:
+        v = Value(tuple(t.shape), [Space(n, origin=origin) for n in t.shape])
+        self.values[id(t)] = (t, v)
+        return v
+
+    def bind(self, t: torch.Tensor, v: Value) -> None:
+        self.values[id(t)] = (t, v)
+
+    # -- roles and producers ------------------------------------------------------------------------------------
+    def add_role(self, v: Value, axis: int, role: str, op: OpRecord) -> None:
+        axis %= len(v.shape)
+        if v.param is None or v.param_axes[axis] is None:
+            if role == FANIN:
+                sp.block(
+                    v.dims[axis],
+                    f"{op.where()} sums over axis {axis} of a tensor computed in forward (not a parameter); "
+                    "netgraft cannot split it between copies",
+                )
+            return
+        key = (v.param, v.param_axes[axis])
+        self.roles.setdefault(key, set()).add(role)
+        self.role_ops.setdefault(key, []).append(op)
+        op.roles.append((v.param, v.param_axes[axis], role))
+
+    def current_module(self) -> str:
+        return self.module_stack[-1] if self.module_stack else ""
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, trace: Trace):
+        super().__init__()
+        self.trace = trace
+        self.suppress = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.suppress:
+            return out
+        from .registry import dispatch_op
+
+        dispatch_op(self.trace, func, args, kwargs, out)
+        return out
+
+
+def _flat_tensors(obj: Any) -> list[torch.Tensor]:
+    leaves, _ = tree_flatten(obj)
+    return [x for x in leaves if isinstance(x, torch.Tensor)]
+
+
+def flat_outputs(obj: Any) -> list[torch.Tensor]:
+    """Tensors in a model output: tensors, tuples, lists, dicts and Hugging Face ModelOutputs."""
+    if hasattr(obj, "to_tuple") and callable(obj.to_tuple):
+        obj = obj.to_tuple()
+    return _flat_tensors(obj)
+
+
+def call_model(model: nn.Module, example_inputs: Any) -> Any:
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, torch.Tensor):
+        return model(example_inputs)
+    return model(*example_inputs)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Trace in eval mode so BatchNorm does not update the user's running statistics; restore modes after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def trace(model: nn.Module, example_inputs: Any) -> Trace:
+    """Run `model` once on `example_inputs` and return the coupled axes. The model is not modified."""
+    from .registry import layer_rule_for
+
+    tr = Trace(model)
+    rec = _Recorder(tr)
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    for t in _flat_tensors(example_inputs):
+        v = tr.new_value(t, origin="model input")
+        for i, s in enumerate(v.dims):
+            sp.fix(s, f"axis {i} of a model input")
+        tr.inputs.append(v)
+
+    leaf_inputs: dict[int, list] = {}
+
+    def pre_hook(module: nn.Module, args: tuple) -> None:
+        name = tr.module_names.get(id(module))
+        if name is None:
+            return
+        if rec.suppress == 0:
+            tr.module_stack.append(name)
+            if layer_rule_for(module) is not None:
+                leaf_inputs[id(module)] = list(args)
+                rec.suppress += 1
+        elif layer_rule_for(module) is not None and id(module) in leaf_inputs:
+            rec.suppress += 1
+
+    def post_hook(module: nn.Module, args: tuple, output: Any) -> None:
+        name = tr.module_names.get(id(module))
+        if name is None:
+            return
+        rule = layer_rule_for(module)
+        if rule is not None and id(module) in leaf_inputs:
+            rec.suppress -= 1
+            if rec.suppress:
+                return
+            from .registry import run_layer_rule
+
+            run_layer_rule(tr, rule, module, name, leaf_inputs.pop(id(module)), output)
+        if rec.suppress == 0 and tr.module_stack and tr.module_stack[-1] == name:
+            tr.module_stack.pop()
+
+    h1 = nn.modules.module.register_module_forward_pre_hook(pre_hook)
+    h2 = nn.modules.module.register_module_forward_hook(post_hook)
+    try:
+        with _eval_mode(model), torch.no_grad(), rec:
+            out = call_model(model, example_inputs)
+    finally:
+        h1.remove()
+        h2.remove()
+    for t in flat_outputs(out):
+        v = tr.value_of(t, "model output")
+        for i, s in enumerate(v.dims):
+            sp.fix(s, f"axis {i} of a model output")
+        tr.outputs.append(v)
+    tr.values.clear()  # drop references to activations
+    return tr

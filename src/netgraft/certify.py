@@ -1,0 +1,102 @@
+"""Certify: run two models on the same inputs and measure how far their outputs are apart."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._trace import call_model, flat_outputs
+
+_BOUNDS = {torch.float64: (1e-10, 0.0), torch.float32: (1e-5, 1e-5)}  # (absolute, relative to max|y|)
+
+
+def bound_for(dtype: torch.dtype, max_ref: float) -> float:
+    """The exactness bound: float32 1e-5 x (1 + max|y|); float64 1e-10; half types 1e-2 x (1 + max|y|)."""
+    if dtype == torch.float64:
+        return 1e-10
+    if dtype == torch.float32:
+        return 1e-5 * (1.0 + max_ref)
+    return 1e-2 * (1.0 + max_ref)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Measured output difference between a source model and its transformed copy on the same inputs."""
+
+    max_abs: float
+    max_rel: float
+    max_ref: float
+    bound: float
+    dtype: str
+    mode: str
+    outputs: int
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs <= self.bound
+
+    def __str__(self) -> str:
+        verdict = "preserved" if self.passed else "NOT preserved"
+        return (f"max |delta| = {self.max_abs:.3g} (relative {self.max_rel:.3g}; bound {self.bound:.3g} for "
+                f"{self.dtype}, max |y| = {self.max_ref:.3g}, {self.mode} mode, {self.outputs} output tensor(s)): "
+                f"{verdict}")
+
+
+@contextlib.contextmanager
+def _mode(model: nn.Module, train: bool) -> Iterator[None]:
+    """Set train/eval for a measurement and restore the modes and buffers (BatchNorm statistics) after."""
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()] if train else []
+    model.train(train)
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+def _run(model: nn.Module, inputs: Any, train: bool, seed: int) -> list[torch.Tensor]:
+    with _mode(model, train), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return [t.detach() for t in flat_outputs(call_model(model, inputs))]
+
+
+def check_preserved(a: nn.Module, b: nn.Module, example_inputs: Any, *, train: bool = False) -> Certificate:
+    """Run `a` and `b` on `example_inputs` and return the largest output difference.
+
+    Both models are left as they were (modes and BatchNorm statistics restored). `train=True` compares train-mode
+    outputs (meaningful for models without dropout).
+
+    Example:
+        >>> import torch, netgraft
+        >>> m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> x = torch.randn(5, 3)
+        >>> wide = netgraft.widen(m, 2.0, example_inputs=(x,))
+        >>> netgraft.check_preserved(m, wide, (x,)).passed
+        True
+    """
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    ya, yb = _run(a, example_inputs, train, 0), _run(b, example_inputs, train, 0)
+    if len(ya) != len(yb) or any(x.shape != y.shape for x, y in zip(ya, yb, strict=False)):
+        shapes = ([tuple(x.shape) for x in ya], [tuple(y.shape) for y in yb])
+        raise ValueError(f"the models return outputs of different shapes: {shapes[0]} vs {shapes[1]}")
+    max_abs = max_ref = 0.0
+    dtype = ya[0].dtype if ya else torch.float32
+    for x, y in zip(ya, yb, strict=True):
+        if not x.is_floating_point():
+            max_abs = max(max_abs, float((x != y).any()) * float("inf"))
+            continue
+        d = (x.double() - y.double()).abs()
+        max_abs = max(max_abs, float(d.max()) if d.numel() else 0.0)
+        max_ref = max(max_ref, float(x.double().abs().max()) if x.numel() else 0.0)
+    return Certificate(max_abs, max_abs / max(max_ref, 1e-30), max_ref, bound_for(dtype, max_ref),
+                       str(dtype).replace("torch.", ""), "train" if train else "eval", len(ya))

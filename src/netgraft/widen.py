@@ -1,0 +1,140 @@
+"""`widen` and `groups`: the Net2WiderNet operator and the view of a model's coupled dimensions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from . import _ops_layers, _ops_tensor  # noqa: F401 - register the built-in rules
+from . import _space as sp
+from ._apply import build_model
+from ._groups import Coupling, Group
+from ._plan import Planner, SpaceMaps, _total
+from ._trace import trace
+from .certify import Certificate, check_preserved
+from .errors import NotPreservedError
+
+
+def couple(model: nn.Module, example_inputs: Any) -> Coupling:
+    """Trace `model` and return its coupled dimensions (the first two steps of every operator)."""
+    return Coupling(trace(model, example_inputs))
+
+
+class GroupTable(list):
+    """The coupled dimensions of a model. `print()` shows a table; items are `Group`s."""
+
+    def __str__(self) -> str:
+        rows = [("#", "name (key for widths)", "size", "grow", "members", "constraints")]
+        for g in self:
+            status = "yes" if g.growable and g.name and not g.dependent else (
+                "linked" if g.growable and g.dependent else "no")
+            name = g.name or f"({g.members[0].tensor})"
+            cons = "; ".join(g.constraints()) or "-"
+            rows.append((str(g.index), name, str(g.display_size), status, str(len(g.members)), cons))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = []
+        for r in rows:
+            cells = [c.ljust(w) for c, w in zip(r[:5], widths, strict=True)] + [r[5][:140]]
+            lines.append("  ".join(cells).rstrip())
+            if r is rows[0]:
+                lines.append("-" * min(sum(widths) + 30, 160))
+        return "\n".join(lines)
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, str):
+            for g in self:
+                if g.name == key or key in g.aliases:
+                    return g
+            raise KeyError(f"no group named '{key}'")
+        return super().__getitem__(key)
+
+
+def groups(model: nn.Module, example_inputs: Any) -> GroupTable:
+    """The coupled dimensions of `model`: what can be widened, what must change together, and why not.
+
+    Each `Group` has `name` (the key to use in `widen`'s `widths`), `display_size`, `members` (parameter, axis,
+    role), `constraints()` and `growable`.
+
+    Example:
+        >>> import torch, netgraft
+        >>> m = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> table = netgraft.groups(m, (torch.randn(4, 3),))
+        >>> [(g.name, g.display_size) for g in table if g.growable and g.name]
+        [('0', 8)]
+    """
+    return GroupTable(couple(model, example_inputs).groups)
+
+
+@dataclass
+class WidenReport:
+    """What `widen` did: the new size of each grown group and the measured certificate."""
+
+    certificate: Certificate
+    changes: list[tuple[str, int, int]] = field(default_factory=list)  # (group, old size, new size)
+
+    def __str__(self) -> str:
+        lines = [f"  {name}: {old} -> {new}" for name, old, new in self.changes]
+        return "\n".join([f"widened {len(self.changes)} dimension(s):", *lines, f"certificate: {self.certificate}"])
+
+
+def widen(
+    model: nn.Module,
+    widths: dict[str, int] | float,
+    *,
+    example_inputs: Any,
+    noise: float = 0.0,
+    seed: int | None = None,
+    check: bool = True,
+) -> nn.Module:
+    """Return a wider copy of `model` that computes the same function (Net2WiderNet). `model` is not modified.
+
+    Args:
+        model: any `nn.Module`.
+        widths: ``{module path: new size}`` of the dimension that module produces (a Linear's out_features, a
+            Conv's out_channels, an Embedding's embedding_dim...), or one float factor for every dimension that can
+            grow (rounded up to the nearest valid size; the model's input and output sizes never change).
+        example_inputs: tuple of tensors (or a dict of keyword inputs) to trace the model and certify the result.
+        noise: symmetry breaking that keeps the function exact: the copies of a unit split its outgoing weights in
+            unequal fractions ``(1 + noise * z) / count`` that still sum to one.
+        seed: seed for the random replication map and the noise.
+        check: raise `NotPreservedError` if the certificate exceeds the bound (default).
+
+    The result carries ``result.netgraft_report`` (sizes changed and certificate) and
+    ``result.netgraft_certificate``.
+
+    Example:
+        >>> import torch, netgraft
+        >>> m = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> wide = netgraft.widen(m, {"0": 12}, example_inputs=(torch.randn(4, 3),), seed=0)
+        >>> wide[0].out_features, wide[2].in_features, wide.netgraft_certificate.passed
+        (12, 12, True)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    coupling = couple(model, example_inputs)
+    planner = Planner(coupling)
+    if isinstance(widths, dict):
+        for key, size in widths.items():
+            if not isinstance(size, int) or isinstance(size, bool):
+                raise TypeError(f"widths['{key}'] must be an int, got {size!r}")
+            planner.request_total(key, size)
+    elif isinstance(widths, (int, float)) and not isinstance(widths, bool):
+        planner.request_factor(float(widths))
+    else:
+        raise TypeError(f"widths must be a dict {{module path: size}} or a float factor, got {type(widths).__name__}")
+    maps = SpaceMaps(planner.build_maps(noise, seed))
+    result = build_model(coupling, maps, lambda s: _total(s, planner.sizes))
+    cert = check_preserved(model, result, example_inputs)
+    changes = [(g.name or str(g.members[0]), g.display_size, planner.sizes[g.leaf.id] * g.unit)
+               for g in coupling.groups if planner.sizes.get(g.leaf.id, g.size) != g.size]
+    report = WidenReport(cert, changes)
+    result.netgraft_report = report
+    result.netgraft_certificate = cert
+    if check and not cert.passed:
+        raise NotPreservedError(f"widen did not preserve the function: {cert}")
+    return result
+
+
+__all__ = ["widen", "groups", "couple", "Group", "GroupTable", "WidenReport", "sp"]
