@@ -103,6 +103,8 @@ class Coupling:
         for dims in trace.param_dims.values():
             for s in dims:
                 roots.setdefault(sp.find(s).id, sp.find(s))
+        for s in trace.constrained:
+            roots.setdefault(sp.find(s).id, sp.find(s))
         for op in trace.ops:
             for v in [*op.inputs, *op.outputs]:
                 for s in v.dims:
@@ -131,6 +133,8 @@ class Coupling:
         self.groups: list[Group] = []
         self.by_leaf: dict[int, Group] = {}
         for leaf in leaves_in_order:
+            if leaf.size == 1:  # broadcast axes of parameters (a [1, T, D] positional embedding's first axis)
+                continue
             f, b, u = self.status.get(leaf.id, ([], [], []))
             g = Group(len(self.groups), leaf, leaf.size, members=members[leaf.id], fixed=f, blocked=b, uniform=u)
             self.groups.append(g)

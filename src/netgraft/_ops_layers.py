@@ -68,6 +68,7 @@ def _conv(ctx: RuleContext, transposed: bool) -> None:
         ctx.same(x.dims[0], out.dims[0])
     for k in range(n_spatial):
         ctx.fix(w.dims[2 + k], "convolution kernel axis")
+        ctx.fix(out.dims[c + 1 + k], "spatial axis")
     cin, cout = x.dim(c), out.dim(c)
     in_ax, out_ax = (0, 1) if transposed else (1, 0)
     owner = _owns(ctx, nn.modules.conv._ConvNd, w)
@@ -245,6 +246,7 @@ def _mha(ctx: RuleContext) -> None:
     ctx.link(out.dim(-1), inner, "MultiheadAttention's out_proj is embed_dim x embed_dim")
     ctx.produces(out.dim(-1))
     ctx.produces(out.dim(-1), key=f"{ctx.record.module}.out_proj")
+    ctx.produces(heads, key=f"{ctx.record.module}:heads")  # heads follow embed_dim; named for groups()
     if a["need_weights"] is not False and len(ctx.outputs) > 1:
         if a["average_attn_weights"] is not False:
             ctx.uniform(heads, "MultiheadAttention returns attention weights averaged over heads")

@@ -371,6 +371,9 @@ def _pool(ctx: RuleContext) -> None:
     for out in ctx.outputs:
         for i in range(len(src.shape) - k):
             ctx.same(src.dims[i], out.dims[i])
+        for i in range(len(out.shape) - k, len(out.shape)):
+            if out.shape[i] > 1:
+                ctx.fix(out.dims[i], "spatial axis")
 
 
 @register_op(names=["glu"])

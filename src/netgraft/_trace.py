@@ -92,6 +92,7 @@ class Trace:
         self.role_ops: dict[tuple[str, int], list[OpRecord]] = {}
         self.producers: list[Producer] = []
         self.links: list[Link] = []
+        self.constrained: list[Space] = []  # spaces given constraints (composites may be referenced nowhere else)
         self.attrs: list[AttrSetter] = []
         self.ops: list[OpRecord] = []
         self.inputs: list[Value] = []

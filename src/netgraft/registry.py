@@ -194,14 +194,17 @@ class RuleContext:
     def fix(self, space: Space, reason: str) -> None:
         """`space` cannot change size for a natural reason (kernel axis, vocabulary...)."""
         sp.fix(space, f"{reason} ({self.where()})")
+        self.trace.constrained.append(space)
 
     def block(self, space: Space, reason: str) -> None:
         """`space` touches something netgraft cannot map: widening it must be refused."""
         sp.block(space, f"{reason} ({self.where()})")
+        self.trace.constrained.append(space)
 
     def uniform(self, space: Space, reason: str) -> None:
         """Units of `space` must all be replicated equally often (statistics over the axis are then kept)."""
         sp.require_uniform(space, f"{reason} ({self.where()})")
+        self.trace.constrained.append(space)
 
     def split(self, space: Space, sizes: list[int], what: str = "reshape") -> list[Space]:
         """View `space` as a row-major product of axes of `sizes`; blocks it if its layout cannot follow."""

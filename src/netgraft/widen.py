@@ -27,7 +27,10 @@ class GroupTable(list):
 
     def __str__(self) -> str:
         rows = [("#", "name (key for widths)", "size", "grow", "members", "constraints")]
+        hidden = [g for g in self if not (g.name or g.growable or g.blocked)]
         for g in self:
+            if g in hidden:
+                continue
             status = "yes" if g.growable and g.name and not g.dependent else (
                 "linked" if g.growable and g.dependent else "no")
             name = g.name or f"({g.members[0].tensor})"
@@ -40,7 +43,13 @@ class GroupTable(list):
             lines.append("  ".join(cells).rstrip())
             if r is rows[0]:
                 lines.append("-" * min(sum(widths) + 30, 160))
+        if hidden:
+            lines.append(f"({len(hidden)} fixed axes not shown: kernel, input/output and head_dim axes; see .hidden())")
         return "\n".join(lines)
+
+    def hidden(self) -> list[Group]:
+        """Groups not shown by print(): fixed axes nobody can name (kernel axes, model input/output...)."""
+        return [g for g in self if not (g.name or g.growable or g.blocked)]
 
     def __getitem__(self, key):  # type: ignore[override]
         if isinstance(key, str):
