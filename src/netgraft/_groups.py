@@ -38,6 +38,7 @@ class Group:
     blocked: list[str] = field(default_factory=list)
     uniform: list[str] = field(default_factory=list)
     dependent: bool = False  # size follows another group through a link (e.g. attention heads)
+    producers: list[str] = field(default_factory=list)  # every key whose dimension contains this group
 
     @property
     def growable(self) -> bool:
@@ -186,6 +187,9 @@ class Coupling:
         for key, spaces in self.producer_keys.items():
             for s in spaces:
                 leaves = [x for x in sp.leaves(s) if x.id in self.by_leaf]
+                for x in leaves:
+                    if key not in self.by_leaf[x.id].producers:
+                        self.by_leaf[x.id].producers.append(key)
                 free = [x for x in leaves if self.free(x)] or leaves
                 if len(free) != 1:
                     continue

@@ -105,9 +105,9 @@ class Planner:
     def request_factor(self, factor: float) -> None:
         if not factor >= 1.0:
             raise ValueError(f"width factor must be >= 1, got {factor}")
-        blocked = [g for g in self.c.groups if g.blocked and g.name and not g.fixed]
+        blocked = [g for g in self.c.groups if g.blocked and g.producers and not g.fixed]
         if blocked:
-            lines = "; ".join(f"'{g.name}': {g.blocked[0]}" for g in blocked[:4])
+            lines = "; ".join(f"'{g.producers[0]}': {g.blocked[0]}" for g in blocked[:4])
             raise UnsupportedModelError(
                 f"cannot widen every dimension by {factor}: {len(blocked)} dimension(s) touch ops netgraft cannot "
                 f"map: {lines}. Pass a dict of the dimensions to widen instead, or add a rule. {EXTENSION_HINT}"

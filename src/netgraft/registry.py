@@ -279,6 +279,25 @@ def dispatch_op(trace: Trace, func: Any, args: tuple, kwargs: dict, out: Any) ->
     ctx = RuleContext(trace, record, args, kwargs, None)
     ctx._by_id = by_id
     (rule or _unsupported)(ctx)
+    if name in _ALIAS_OPS and record.inputs and record.inputs[0].param is not None:
+        _alias(record.inputs[0], record.outputs[0])
+
+
+# Ops whose output is a view or copy of their input: a parameter stays a parameter through them, so a rule further
+# on (F.linear(x, self.w.t()), x + self.pos[:, :T]) can still say how each of its axes is used.
+_ALIAS_OPS = set("""getitem view reshape flatten unflatten squeeze unsqueeze permute transpose t T mT swapaxes swapdims
+movedim expand expand_as broadcast_to contiguous clone detach to float double half bfloat16 type type_as narrow select
+data""".split())
+
+
+def _alias(src: Value, out: Value) -> None:
+    axes_of = {}
+    for v_axis, p_axis in enumerate(src.param_axes):
+        if p_axis is not None:
+            axes_of.setdefault(sp.find(src.dims[v_axis]).id, p_axis)
+    mapped = tuple(axes_of.get(sp.find(d).id) if d.size > 1 else None for d in out.dims)
+    if any(a is not None for a in mapped):
+        out.param, out.param_axes = src.param, mapped
 
 
 def run_layer_rule(trace: Trace, rule: Rule, module: nn.Module, name: str, args: list, output: Any) -> None:

@@ -14,7 +14,7 @@ from ._groups import Coupling, Group
 from ._plan import Planner, SpaceMaps, _total
 from ._trace import trace
 from .certify import Certificate, check_preserved
-from .errors import NotPreservedError
+from .errors import EXTENSION_HINT, NotPreservedError, UnsupportedModelError
 
 
 def couple(model: nn.Module, example_inputs: Any) -> Coupling:
@@ -88,6 +88,11 @@ class WidenReport:
         return "\n".join([f"widened {len(self.changes)} dimension(s):", *lines, f"certificate: {self.certificate}"])
 
 
+def changes_of(coupling: Coupling, planner: Planner) -> list[tuple[str, int, int]]:
+    return [(g.name or str(g.members[0]), g.display_size, planner.sizes[g.leaf.id] * g.unit)
+            for g in coupling.groups if planner.sizes.get(g.leaf.id, g.size) != g.size]
+
+
 def widen(
     model: nn.Module,
     widths: dict[str, int] | float,
@@ -135,10 +140,19 @@ def widen(
         raise TypeError(f"widths must be a dict {{module path: size}} or a float factor, got {type(widths).__name__}")
     maps = SpaceMaps(planner.build_maps(noise, seed))
     result = build_model(coupling, maps, lambda s: _total(s, planner.sizes))
-    cert = check_preserved(model, result, example_inputs)
-    changes = [(g.name or str(g.members[0]), g.display_size, planner.sizes[g.leaf.id] * g.unit)
-               for g in coupling.groups if planner.sizes.get(g.leaf.id, g.size) != g.size]
-    report = WidenReport(cert, changes)
+    try:
+        cert = check_preserved(model, result, example_inputs)
+    except (RuntimeError, ValueError, AssertionError) as err:
+        # The traced ops were all mapped, yet the grown model does not run: its forward computes a shape from a
+        # constant (e.g. `x.view(B, T, self.n_head, C // self.n_head)`), which no trace can see.
+        grown = ", ".join(f"'{n}' {o}->{w}" for n, o, w in changes_of(coupling, planner)) or "none"
+        raise UnsupportedModelError(
+            f"the widened model fails to run ({type(err).__name__}: {str(err)[:300]}). Its forward probably builds a "
+            f"shape from a constant or attribute (e.g. a head count) that netgraft cannot update. Grown: {grown}. "
+            f"Widen only dimensions that avoid that code (pass a dict), or register a layer rule for the module. "
+            f"{EXTENSION_HINT}"
+        ) from err
+    report = WidenReport(cert, changes_of(coupling, planner))
     result.netgraft_report = report
     result.netgraft_certificate = cert
     if check and not cert.passed:
