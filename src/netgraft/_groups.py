@@ -33,6 +33,7 @@ class Group:
     name: str = ""  # key to use in `widths` (module path that produces it), "" if none
     aliases: list[str] = field(default_factory=list)
     unit: int = 1  # entries of the named producer's dimension per unit (head_dim for heads, 1 for channels)
+    unit_reason: str = ""  # why the producer's dimension grows in units (e.g. "Conv2d 'g' has groups=4")
     members: list[Member] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
@@ -53,7 +54,7 @@ class Group:
         if self.uniform:
             out.append(f"multiple of {self.display_size} (uniform replication: {self.uniform[0]})")
         if self.unit > 1:
-            out.append(f"multiple of {self.unit} (grows in units of {self.unit})")
+            out.append(f"multiple of {self.unit}: {self.unit_reason or f'grows in units of {self.unit}'}")
         out += [f"fixed: {r}" for r in self.fixed[:2]]
         out += [f"unsupported: {r}" for r in self.blocked[:2]]
         return out
@@ -126,7 +127,7 @@ class Coupling:
         self._block_ambiguous_products(roots.values(), members)
 
         leaves_in_order: list[Space] = []
-        for name, dims in trace.param_dims.items():
+        for dims in trace.param_dims.values():
             for s in dims:
                 for leaf in sp.leaves(s):
                     if leaf.id in members and leaf not in leaves_in_order:
@@ -197,5 +198,7 @@ class Coupling:
                 if not g.name:
                     g.name = key
                     g.unit = sp.find(s).size // g.size if sp.find(s).kind == "prod" else 1
+                    others = [self.status.get(x.id, ([], [], []))[0] for x in sp.leaves(s) if x is not free[0]]
+                    g.unit_reason = next((f[0] for f in others if f), "")
                 elif key not in g.aliases and key != g.name:
                     g.aliases.append(key)

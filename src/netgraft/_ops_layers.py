@@ -90,7 +90,7 @@ def _conv(ctx: RuleContext, transposed: bool) -> None:
             ctx.set_attr("groups", cin)
     elif not transposed:  # grouped: the groups stay, each group's channels grow alike
         gin = ctx.split(cin, [groups, cin.size // groups], f"groups={groups}")
-        ctx.fix(gin[0], f"{type(_module(ctx)).__name__} has groups={groups}")
+        ctx.fix(gin[0], f"{type(_module(ctx)).__name__} '{ctx.record.module}' has groups={groups}")
         ctx.fan_in(w, 1, gin[1])
         gout = ctx.split(w.dim(0), [groups, w.shape[0] // groups], f"groups={groups}")
         ctx.same(gout[0], gin[0])

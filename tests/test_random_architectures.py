@@ -1,0 +1,36 @@
+"""Hypothesis-generated architectures (MLPs and CNNs with residuals, concats, groups, norms): widening is exact."""
+
+from __future__ import annotations
+
+import torch
+from helpers import assert_exact, assert_unchanged, n_params, snapshot, to_double
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from random_arch import random_models
+
+import netgraft
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(pair=random_models(), factor=st.sampled_from([1.25, 1.5, 2.0, 3.0]), noise=st.sampled_from([0.0, 0.3]))
+def test_random_architectures_widen_exactly(pair, factor: float, noise: float) -> None:
+    model, inputs = pair
+    model, inputs = model.double(), to_double(inputs)
+    before = snapshot(model)
+    wide = netgraft.widen(model, factor, example_inputs=inputs, seed=0, noise=noise)
+    assert_unchanged(model, before)
+    assert_exact(model, wide, inputs)
+    assert_exact(model, wide, inputs, train=True)
+    assert n_params(wide) > n_params(model)
+    for _, old, new in wide.netgraft_report.changes:
+        assert new >= old * factor - 1e-9
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(pair=random_models())
+def test_random_architectures_float32(pair) -> None:
+    model, inputs = pair
+    wide = netgraft.widen(model, 1.5, example_inputs=inputs, seed=1, noise=0.1)
+    cert = assert_exact(model, wide, inputs)
+    assert cert.dtype == "float32"
+    assert torch.isfinite(torch.tensor(cert.max_abs))

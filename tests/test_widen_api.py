@@ -1,0 +1,222 @@
+"""The contract of `widen`, `groups` and `check_preserved`: sizes, errors, preserved properties, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import assert_exact, assert_unchanged, snapshot
+from torch import nn
+from zoo import ZOO, randomize_batchnorm_stats
+
+import netgraft
+
+
+def zoo(name: str):
+    torch.manual_seed(0)
+    m = ZOO[name].build()
+    randomize_batchnorm_stats(m, seed=1)
+    torch.manual_seed(1)
+    return m.eval(), ZOO[name].inputs()
+
+
+def mlp() -> tuple[nn.Module, tuple[torch.Tensor]]:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.Tanh(), nn.Linear(5, 3))
+    return m, (torch.randn(16, 6),)
+
+
+def test_dict_widths_set_exact_sizes_and_attributes() -> None:
+    m, x = mlp()
+    wide = netgraft.widen(m, {"0": 13, "2": 7}, example_inputs=x, seed=0)
+    assert (wide[0].out_features, wide[2].in_features, wide[2].out_features, wide[4].in_features) == (13, 13, 7, 7)
+    assert wide[0].weight.shape == (13, 6) and wide[4].weight.shape == (3, 7)
+    assert_exact(m, wide, x)
+    # Net2Net: originals keep their place, new units are copies of old ones
+    assert torch.equal(wide[0].weight[:8], m[0].weight)
+    assert all(any(torch.equal(r, o) for o in m[0].weight) for r in wide[0].weight[8:])
+
+
+def test_report_and_certificate_are_attached() -> None:
+    m, x = mlp()
+    wide = netgraft.widen(m, 2.0, example_inputs=x)
+    cert = wide.netgraft_certificate
+    assert cert is wide.netgraft_report.certificate and cert.passed
+    assert cert.max_abs <= cert.bound and cert.dtype == "float32" and cert.mode == "eval"
+    assert sorted(wide.netgraft_report.changes) == [("0", 8, 16), ("2", 5, 10)]
+    assert "preserved" in str(cert) and "0: 8 -> 16" in str(wide.netgraft_report)
+
+
+def test_check_preserved_measures_a_real_difference() -> None:
+    m, x = mlp()
+    other = netgraft.widen(m, 1.0, example_inputs=x)
+    with torch.no_grad():
+        other[4].bias += 0.5
+    cert = netgraft.check_preserved(m, other, x)
+    assert cert.max_abs == pytest.approx(0.5, abs=1e-6)
+    assert not cert.passed
+
+
+def test_same_seed_is_deterministic_and_seeds_differ() -> None:
+    m, x = mlp()
+    a = netgraft.widen(m, 1.7, example_inputs=x, seed=4, noise=0.3)
+    b = netgraft.widen(m, 1.7, example_inputs=x, seed=4, noise=0.3)
+    c = netgraft.widen(m, 1.7, example_inputs=x, seed=5, noise=0.3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters(), strict=True))
+
+
+def test_preserves_dtype_mode_and_requires_grad() -> None:
+    m, x = mlp()
+    m = m.double().train()
+    m[0].weight.requires_grad_(False)
+    x = (x[0].double(),)
+    wide = netgraft.widen(m, 1.5, example_inputs=x)
+    assert wide.training and all(mod.training for mod in wide.modules())
+    assert all(p.dtype == torch.float64 for p in wide.parameters())
+    assert not wide[0].weight.requires_grad and wide[0].bias.requires_grad and wide[2].weight.requires_grad
+    assert all(p.device == torch.device("cpu") for p in wide.parameters())
+    assert m.training  # source mode untouched
+
+
+def test_tied_embeddings_stay_tied() -> None:
+    m, x = zoo("tied_lm")
+    assert m.head.weight is m.emb.weight
+    wide = netgraft.widen(m, 2.0, example_inputs=x, noise=0.1, seed=0)
+    assert wide.head.weight is wide.emb.weight
+    assert wide.emb.weight.shape == (60, 48)
+    assert_exact(m, wide, x)
+    assert len({id(p) for p in wide.parameters()}) == len(list(wide.parameters()))
+
+
+def test_layernorm_needs_a_multiple_and_says_so() -> None:
+    m, x = zoo("mlp_gelu_ln")
+    name = netgraft.groups(m, x)[0].name
+    size = netgraft.groups(m, x)[0].display_size
+    with pytest.raises(ValueError) as err:
+        netgraft.widen(m, {name: size + 1}, example_inputs=x)
+    assert "LayerNorm" in str(err.value) and str(2 * size) in str(err.value)
+    wide = netgraft.widen(m, {name: 3 * size}, example_inputs=x)  # any integer factor is exact
+    assert_exact(m, wide, x)
+
+
+def test_smaller_size_raises_value_error_with_valid_sizes() -> None:
+    m, x = mlp()
+    with pytest.raises(ValueError, match=r"'0'.*size 8.*requested 4.*Valid sizes: \[9, 10"):
+        netgraft.widen(m, {"0": 4}, example_inputs=x)
+
+
+def test_unknown_module_raises_key_error_with_close_matches() -> None:
+    m, x = zoo("resnet18_style")
+    with pytest.raises(KeyError) as err:
+        netgraft.widen(m, {"layer1.0.conv": 32}, example_inputs=x)
+    assert "close matches" in str(err.value) and "layer1.0.conv1" in str(err.value)
+
+
+def test_norm_layer_name_is_explained() -> None:
+    m, x = zoo("vgg_bn")
+    bn = next(n for n, mod in m.named_modules() if isinstance(mod, nn.BatchNorm2d))
+    with pytest.raises(KeyError, match="produces no dimension"):
+        netgraft.widen(m, {bn: 64}, example_inputs=x)
+
+
+def test_fixed_dimension_raises_value_error() -> None:
+    m, x = mlp()
+    with pytest.raises(ValueError, match="model output"):
+        netgraft.widen(m, {"4": 6}, example_inputs=x)
+
+
+def test_bad_arguments() -> None:
+    m, x = mlp()
+    with pytest.raises(TypeError):
+        netgraft.widen(m, "wide", example_inputs=x)
+    with pytest.raises(TypeError):
+        netgraft.widen(m, {"0": 9.5}, example_inputs=x)
+    with pytest.raises(ValueError, match=">= 1"):
+        netgraft.widen(m, 0.5, example_inputs=x)
+    with pytest.raises(TypeError):
+        netgraft.widen("model", 2.0, example_inputs=x)
+
+
+def test_groups_table_shows_constraints() -> None:
+    m, x = zoo("grouped_conv")
+    table = netgraft.groups(m, x)
+    text = str(table)
+    assert "name (key for widths)" in text and "groups=4" in text
+    grow = [g for g in table if g.growable and g.name]
+    assert grow and all(g.members for g in grow)
+    g = grow[0]
+    assert table[g.name] is g
+    assert all(s % g.unit == 0 for s in g.valid_sizes())
+
+
+def test_groupnorm_grows_by_whole_groups() -> None:
+    m, x = zoo("groupnorm_cnn")
+    wide = netgraft.widen(m, 1.5, example_inputs=x, seed=0)
+    for old, new in zip(m.modules(), wide.modules(), strict=True):
+        if isinstance(old, nn.GroupNorm):
+            assert new.num_channels // new.num_groups == old.num_channels // old.num_groups
+            assert new.num_channels > old.num_channels
+    assert_exact(m, wide, x, train=True)
+
+
+def test_multihead_attention_adds_heads_and_keeps_head_dim() -> None:
+    m, x = zoo("transformer_postnorm")
+    wide = netgraft.widen(m, 2.0, example_inputs=x, seed=0, noise=0.1)
+    pairs = [(a, b) for a, b in zip(m.modules(), wide.modules(), strict=True) if isinstance(a, nn.MultiheadAttention)]
+    assert pairs
+    for a, b in pairs:
+        assert b.head_dim == a.head_dim and b.num_heads == 2 * a.num_heads and b.embed_dim == 2 * a.embed_dim
+    assert_exact(m, wide, x)
+
+
+def test_residual_stream_shares_one_mapping() -> None:
+    m, x = zoo("resnet18_style")
+    table = netgraft.groups(m, x)
+    stream = table["conv1"]
+    assert set(stream.aliases) == {"layer1.0.conv2", "layer1.1.conv2"}  # every writer of the residual stream
+    assert set(table["layer2.0.conv2"].aliases) == {"layer2.0.downsample.0", "layer2.1.conv2"}
+
+
+def test_noise_gives_every_new_parameter_a_gradient_and_wide_model_trains() -> None:
+    m, x = zoo("resnet18_style")
+    wide = netgraft.widen(m, 2.0, example_inputs=x, seed=0, noise=0.2).train()
+    target = torch.randint(0, wide(x[0]).shape[-1], (x[0].shape[0],))
+    old = dict(m.named_parameters())
+    loss = F.cross_entropy(wide(*x), target)
+    loss.backward()
+    checked = 0
+    for name, p in wide.named_parameters():
+        if p.shape == old[name].shape:
+            continue
+        new_part = p.grad
+        for axis, (n_new, n_old) in enumerate(zip(p.shape, old[name].shape, strict=True)):
+            if n_new != n_old:
+                new_part = new_part.narrow(axis, n_old, n_new - n_old)
+        assert new_part.abs().sum() > 0, f"new part of {name} got no gradient"
+        checked += 1
+    assert checked >= 10
+    opt = torch.optim.SGD(wide.parameters(), lr=0.05)
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss = F.cross_entropy(wide(*x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.9, losses
+
+
+def test_source_untouched_even_in_train_mode_with_batchnorm() -> None:
+    m, x = zoo("vgg_bn")
+    m.train()
+    before = snapshot(m)
+    netgraft.widen(m, 1.5, example_inputs=x)
+    netgraft.check_preserved(m, m, x, train=True)
+    assert_unchanged(m, before)
+
+
+def test_hardcoded_head_count_is_refused_not_broken() -> None:
+    m, x = zoo("custom_attention")
+    with pytest.raises(netgraft.UnsupportedModelError, match="block.attn"):
+        netgraft.widen(m, 2.0, example_inputs=x)
