@@ -17,9 +17,10 @@ from .errors import EXTENSION_HINT, UnsupportedModelError
 
 
 def _scale_along(t: torch.Tensor, axis: int, frac: torch.Tensor) -> torch.Tensor:
+    """Scale `t` along `axis` in place: `t` is always a fresh tensor from index_select (never the source's)."""
     shape = [1] * t.dim()
     shape[axis] = -1
-    return t * frac.to(device=t.device, dtype=t.dtype).reshape(shape)
+    return t.mul_(frac.to(device=t.device, dtype=t.dtype).reshape(shape))
 
 
 def _tied_compensation(coupling: Coupling, maps: SpaceMaps) -> dict[tuple[str, int], object]:

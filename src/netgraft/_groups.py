@@ -89,6 +89,13 @@ def _walk(space: Space, fixed: list[str], blocked: list[str], uniform: list[str]
         _walk(p, fixed, blocked, uniform, acc, seen)
 
 
+def _slope(space: Space, leaf: Space) -> int:
+    """How many entries of `space` one unit of `leaf` adds (head_dim for heads, 2 for a fused gate/up)."""
+    from ._plan import _total
+
+    return _total(space, {leaf.id: leaf.size + 1}) - _total(space, {leaf.id: leaf.size})
+
+
 def _layout(space: Space, leaf: Space) -> str:
     r = sp.find(space)
     if r is leaf:
@@ -197,7 +204,7 @@ class Coupling:
                 g = self.by_leaf[free[0].id]
                 if not g.name:
                     g.name = key
-                    g.unit = sp.find(s).size // g.size if sp.find(s).kind == "prod" else 1
+                    g.unit = _slope(s, free[0])
                     others = [self.status.get(x.id, ([], [], []))[0] for x in sp.leaves(s) if x is not free[0]]
                     g.unit_reason = next((f[0] for f in others if f), "")
                 elif key not in g.aliases and key != g.name:

@@ -31,6 +31,19 @@ def _total(space: Space, sizes: dict[int, int]) -> int:
     return math.prod(vals) if r.kind == "prod" else sum(vals)
 
 
+def solve_leaf(space: Space, leaf: Space, sizes: dict[int, int], total: int) -> int | None:
+    """The size of `leaf` that makes `space` (a product/concatenation of groups) `total` wide, or None.
+
+    Totals are linear in one leaf (a product with fixed factors, a concatenation of copies of the same group)."""
+    n = sizes.get(leaf.id, leaf.size)
+    t0 = _total(space, {**sizes, leaf.id: n})
+    slope = _total(space, {**sizes, leaf.id: n + 1}) - t0
+    if slope <= 0 or (total - t0) % slope:
+        return None
+    x = n + (total - t0) // slope
+    return x if x >= 1 and _total(space, {**sizes, leaf.id: x}) == total else None
+
+
 def _describe(g: Group) -> str:
     return f"group '{g.name}'" if g.name else f"group #{g.index} ({g.members[0]})"
 
@@ -70,15 +83,13 @@ class Planner:
     def request_total(self, key: str, total: int) -> None:
         g, space = self.group_for_key(key)
         old_total = sp.find(space).size
-        if sp.find(space).kind == "sum":
-            raise ValueError(f"'{key}' writes a concatenation; name the layers that produce its parts")
-        unit = old_total // g.size
-        if total < old_total or total % unit:
+        unit = g.unit
+        new = solve_leaf(space, g.leaf, {}, total)
+        if total < old_total or new is None:
             raise ValueError(
                 f"'{key}' ({_describe(g)}) has size {old_total}; requested {total}. Valid sizes: "
                 f"{self.valid_totals(g, unit)}" + (" (sizes never shrink)" if total < old_total else "")
             )
-        new = total // unit
         if g.uniform and new % g.size:
             raise ValueError(
                 f"'{key}' has size {old_total} and {g.uniform[0]}: exact widening needs uniform replication, i.e. "
@@ -132,29 +143,37 @@ class Planner:
 
     # -- links ------------------------------------------------------------------------------------------------
     def propagate(self, sizes: dict[int, int]) -> dict[int, int]:
-        """Derive dependent sizes from links (in place); ValueError when a link or constraint cannot hold."""
-        for _ in range(len(self.c.trace.links) + 1):
+        """Derive linked sizes (in place) in either direction; ValueError when a link or constraint cannot hold.
+
+        A link's side is settled when every free group under it has a size; an unsettled side with exactly one
+        free group left is solved from the settled side. Groups nobody settles keep their size."""
+        def open_leaves(space: Space) -> list[Space]:
+            return [x for x in self.c.free_leaves(space) if x.id not in sizes]
+
+        links = self.c.trace.links
+        for _ in range(2 * len(links) + 1):
             changed = False
-            for link in self.c.trace.links:
-                want = _total(link.primary, sizes)
-                have = _total(link.dependent, sizes)
-                if want == have:
-                    continue
-                free = [x for x in self.c.free_leaves(link.dependent) if x.id not in sizes]
-                if len(free) != 1:
-                    raise ValueError(f"sizes break a link: {link.reason} ({want} != {have})")
-                leaf = free[0]
-                coef = _total(link.dependent, {**sizes, leaf.id: 1})
-                if sp.find(link.dependent).kind == "sum" or want % coef:
-                    raise ValueError(f"{link.reason}: {want} is not a multiple of {coef}")
-                new = want // coef
-                g = self.c.by_leaf[leaf.id]
-                if new < leaf.size or (g.uniform and new % leaf.size):
-                    raise ValueError(f"{link.reason}: {_describe(g)} would need {new} units")
-                sizes[leaf.id] = new
-                changed = True
+            for link in links:
+                for settled, other in ((link.primary, link.dependent), (link.dependent, link.primary)):
+                    todo = open_leaves(other)
+                    if open_leaves(settled) or len(todo) != 1:
+                        continue
+                    want = _total(settled, sizes)
+                    if want == _total(other, sizes):
+                        continue
+                    leaf = todo[0]
+                    new = solve_leaf(other, leaf, sizes, want)
+                    g = self.c.by_leaf[leaf.id]
+                    if new is None or new < leaf.size or (g.uniform and new % leaf.size):
+                        raise ValueError(f"{link.reason}: {_describe(g)} cannot be resized to make it {want} wide")
+                    sizes[leaf.id] = new
+                    changed = True
             if not changed:
-                return sizes
+                break
+        for link in links:
+            a, b = _total(link.primary, sizes), _total(link.dependent, sizes)
+            if a != b:
+                raise ValueError(f"sizes break a link: {link.reason} ({a} != {b})")
         return sizes
 
     # -- maps ---------------------------------------------------------------------------------------------------
