@@ -132,3 +132,30 @@ def test_negative_index_is_refused() -> None:
 
     with pytest.raises(netgraft.UnsupportedModelError, match="slice"):
         netgraft.widen(LastChannel(), {"a": 8}, example_inputs=(torch.randn(2, 3),))
+
+
+class EinsumNet(nn.Module):
+    """A bilinear-free einsum MLP: weights applied with einsum, a per-feature gain, and an activation product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(5, 9))
+        self.gain = nn.Parameter(torch.randn(9))
+        self.w2 = nn.Parameter(torch.randn(9, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(torch.einsum("bi,ih->bh", x, self.w1))
+        h = torch.einsum("bh,h->bh", h, self.gain)
+        return torch.einsum("bh,ho->bo", h, self.w2)
+
+
+def test_einsum_with_bare_parameters() -> None:
+    torch.manual_seed(0)
+    m = EinsumNet()
+    groups = netgraft.groups(m, (torch.randn(4, 5),))
+    assert [g for g in groups if g.growable and g.size == 9]
+    x = (torch.randn(4, 5),)
+    wide = netgraft.widen(m, {"w1": 14}, example_inputs=x, noise=0.1, seed=0)  # named by the parameter
+    assert (wide.w1.shape, wide.gain.shape, wide.w2.shape) == ((5, 14), (14,), (14, 3))
+    assert_exact(m, wide, x)
+    assert_exact(m, netgraft.widen(m, 2.0, example_inputs=x), x)

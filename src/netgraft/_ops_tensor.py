@@ -429,3 +429,40 @@ def _matmul(ctx: RuleContext) -> None:
 
 
 register_op(names=["size", "dim", "numel", "shape", "dtype", "device", "is_contiguous", "item", "tolist"])(_IGNORE)
+
+
+@register_op(names=["einsum"])
+def _einsum(ctx: RuleContext) -> None:
+    """Letters kept in the output are shared axes; letters summed away are contractions (a parameter absorbs the
+    fan-in split; two activations summed over an axis fix it); a letter summed within one operand is a sum."""
+    eq = ctx.args[0].replace(" ", "")
+    operands = ctx.args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if "->" not in eq or "." in eq or not all(isinstance(t, torch.Tensor) for t in operands):
+        ctx.block_all(f"einsum '{eq}' (implicit output or ellipsis)")
+        return
+    lhs, rhs = eq.split("->")
+    specs = lhs.split(",")
+    vals = [ctx.value(t) for t in operands]
+    out = ctx.outputs[0]
+    where: dict[str, list[tuple[Value, int]]] = {}
+    for v, spec in zip(vals, specs, strict=True):
+        for axis, letter in enumerate(spec):
+            where.setdefault(letter, []).append((v, axis))
+    for letter, uses in where.items():
+        if letter in rhs:
+            o = rhs.index(letter)
+            for v, axis in uses:
+                if v.shape[axis] > 1:
+                    _free(ctx, v, axis, out.dims[o])
+            if all(v.param is not None for v, _ in uses):  # a weight's output axis: name it by the parameter
+                ctx.produces(out.dims[o], key=uses[0][0].param)
+        elif len(uses) == 1:
+            v, axis = uses[0]
+            if v.shape[axis] > 1:
+                ctx.block(v.dims[axis], f"einsum '{eq}' sums over this axis")
+        elif len(uses) == 2:
+            contract(ctx, uses[0][0], uses[0][1], uses[1][0], uses[1][1])
+        else:
+            ctx.block_all(f"einsum '{eq}' contracts one letter over three operands")
