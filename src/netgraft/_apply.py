@@ -56,32 +56,68 @@ def _tied_compensation(coupling: Coupling, maps: SpaceMaps) -> dict[tuple[str, i
     return extra
 
 
+def _expand(t: torch.Tensor, srcs: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Gather `t` along several axes at once: `out[..., j, ...] = t[..., src[j], ...]` on each axis in `srcs`.
+
+    Net2Net maps keep the original units first (`src[:n] == arange(n)`), so the old block is copied once into a
+    single new allocation and only the new slices are gathered: columns with `gather`, rows last, straight into the
+    contiguous row block. This runs at close to memory bandwidth (chained `index_select`s were ~10x slower)."""
+    n_old = list(t.shape)
+    prefix = all(
+        len(src) >= n_old[a] and bool(torch.equal(src[: n_old[a]], torch.arange(n_old[a], device=src.device)))
+        for a, src in srcs.items()
+    )
+    if not prefix:
+        out = t
+        for a, src in srcs.items():
+            out = out.index_select(a, src)
+        return out if out is not t else t.clone()
+    new_shape = [len(srcs[a]) if a in srcs else n for a, n in enumerate(n_old)]
+    out = torch.empty(new_shape, dtype=t.dtype, device=t.device)
+    out[tuple(slice(0, n) for n in n_old)] = t
+    filled = list(n_old)
+    for a in sorted(srcs, reverse=True):  # axis 0 last: its new rows are then whole contiguous rows
+        n, extra = n_old[a], srcs[a][n_old[a]:]
+        if len(extra) == 0:
+            continue
+        block = out[tuple(slice(0, f) for f in filled)]
+        dst_index = [slice(0, f) for f in filled]
+        dst_index[a] = slice(n, new_shape[a])
+        dst = out[tuple(dst_index)]
+        if a == 0 and dst.is_contiguous():
+            torch.index_select(block, 0, extra, out=dst)
+        else:
+            shape = [1] * t.dim()
+            shape[a] = -1
+            idx = extra.view(shape).expand(*[len(extra) if i == a else f for i, f in enumerate(filled)])
+            dst.copy_(torch.gather(block, a, idx))
+        filled[a] = new_shape[a]
+    return out
+
+
 def grow_tensors(coupling: Coupling, maps: SpaceMaps) -> dict[str, torch.Tensor]:
     tr = coupling.trace
     extra = _tied_compensation(coupling, maps)
     new: dict[str, torch.Tensor] = {}
     for name, dims in tr.param_dims.items():
         t = tr.tensors_by_name[name]
-        if not any(maps.changes(s) for s in dims):
+        axis_maps = {a: m for a, s in enumerate(dims) if (m := maps.torch_map(s, t.device)) is not None}
+        if not axis_maps:
             continue
-        out = t.detach()
-        for axis, space in enumerate(dims):
-            m = maps.torch_map(space, t.device)
-            if m is None:
-                continue
-            src, frac = m
-            roles = tr.roles.get((name, axis), set())
-            if not roles:
+        for axis in axis_maps:
+            if not tr.roles.get((name, axis)):
                 raise UnsupportedModelError(
                     f"'{name}' axis {axis} lies along a dimension that grows, but no traced op says how it is used "
                     f"(per unit, or summed over). {EXTENSION_HINT}"
                 )
-            out = out.index_select(axis, src)
-            if roles == {FANIN}:
-                out = _scale_along(out, axis, frac)
-            if (name, axis) in extra:
-                out = _scale_along(out, axis, maps.torch_map(extra[(name, axis)], t.device)[1])
-        new[name] = out.contiguous()
+        with torch.no_grad():
+            out = _expand(t.detach(), {a: src for a, (src, _) in axis_maps.items()})
+            for axis, (_, frac) in axis_maps.items():
+                if tr.roles[(name, axis)] == {FANIN}:
+                    out = _scale_along(out, axis, frac)
+                if (name, axis) in extra:
+                    out = _scale_along(out, axis, maps.torch_map(extra[(name, axis)], t.device)[1])
+        new[name] = out
     return new
 
 
