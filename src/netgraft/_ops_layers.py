@@ -58,9 +58,7 @@ def _linear(ctx: RuleContext) -> None:
 def _conv(ctx: RuleContext, transposed: bool) -> None:
     x, w = ctx.value(ctx.arg(0, "input")), ctx.value(ctx.arg(1, "weight"))
     b = ctx.value(ctx.arg(2, "bias"))
-    groups = ctx.arg(6 if not transposed else 6, "groups", 1)
-    if not transposed:
-        groups = ctx.arg(6, "groups", 1)
+    groups = ctx.arg(6, "groups", 1)  # 6th in conv(..., dilation, groups) and conv_transpose(..., groups, dilation)
     out = ctx.outputs[0]
     n_spatial = len(w.shape) - 2
     c = len(x.shape) - n_spatial - 1  # channel axis (0 for unbatched input)
@@ -118,8 +116,6 @@ def _convnd(ctx: RuleContext) -> None:
 @register_op(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
              names=["conv_transpose1d", "conv_transpose2d", "conv_transpose3d"])
 def _conv_transpose(ctx: RuleContext) -> None:
-    groups = ctx.arg(6, "groups", 1)
-    ctx.kwargs = {**ctx.kwargs, "groups": groups}
     _conv(ctx, transposed=True)
 
 
