@@ -16,13 +16,6 @@ from ._trace import COPY, FANIN, _flat_tensors
 from .errors import EXTENSION_HINT, UnsupportedModelError
 
 
-def _scale_along(t: torch.Tensor, axis: int, frac: torch.Tensor) -> torch.Tensor:
-    """Scale `t` along `axis` in place: `t` is always a fresh tensor from index_select (never the source's)."""
-    shape = [1] * t.dim()
-    shape[axis] = -1
-    return t.mul_(frac.to(device=t.device, dtype=t.dtype).reshape(shape))
-
-
 def _tied_compensation(coupling: Coupling, maps: SpaceMaps) -> dict[tuple[str, int], object]:
     """A parameter axis used both per-unit (an embedding) and summed over (a tied output layer) cannot be split.
     Instead, scale the per-unit parameters of the layer that feeds the summing use (e.g. the final LayerNorm's gain
@@ -56,25 +49,44 @@ def _tied_compensation(coupling: Coupling, maps: SpaceMaps) -> dict[tuple[str, i
     return extra
 
 
-def _expand(t: torch.Tensor, srcs: dict[int, torch.Tensor]) -> torch.Tensor:
-    """Gather `t` along several axes at once: `out[..., j, ...] = t[..., src[j], ...]` on each axis in `srcs`.
+def _axis_view(v: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
 
-    Net2Net maps keep the original units first (`src[:n] == arange(n)`), so the old block is copied once into a
-    single new allocation and only the new slices are gathered: columns with `gather`, rows last, straight into the
-    contiguous row block. This runs at close to memory bandwidth (chained `index_select`s were ~10x slower)."""
+
+def _expand(t: torch.Tensor, srcs: dict[int, torch.Tensor], fracs: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Gather `t` along several axes at once (`out[..., j, ...] = t[..., src[j], ...]`) and scale the axes in
+    `fracs` by the fan-in split of each new index.
+
+    Net2Net maps keep the original units first (`src[:n] == arange(n)`), so the old block is written once, scaled
+    on the way, into a single new allocation, and only the new slices are gathered: columns with `gather`, rows last,
+    straight into the contiguous row block. Every byte of the result is written once (chained `index_select`s and a
+    separate scaling pass were several times slower)."""
     n_old = list(t.shape)
+    fr = {a: f.to(device=t.device, dtype=t.dtype) for a, f in fracs.items()}
     prefix = all(
         len(src) >= n_old[a] and bool(torch.equal(src[: n_old[a]], torch.arange(n_old[a], device=src.device)))
         for a, src in srcs.items()
     )
-    if not prefix:
+    if not prefix:  # e.g. a concatenation whose first part grew: plain gathers
         out = t
         for a, src in srcs.items():
             out = out.index_select(a, src)
-        return out if out is not t else t.clone()
+        out = out if out is not t else t.clone()
+        for a, f in fr.items():
+            out.mul_(_axis_view(f, a, t.dim()))
+        return out
     new_shape = [len(srcs[a]) if a in srcs else n for a, n in enumerate(n_old)]
     out = torch.empty(new_shape, dtype=t.dtype, device=t.device)
-    out[tuple(slice(0, n) for n in n_old)] = t
+    old_block = out[tuple(slice(0, n) for n in n_old)]
+    scaled = list(fr)
+    if scaled:
+        torch.mul(t, _axis_view(fr[scaled[0]][: n_old[scaled[0]]], scaled[0], t.dim()), out=old_block)
+        for a in scaled[1:]:
+            old_block.mul_(_axis_view(fr[a][: n_old[a]], a, t.dim()))
+    else:
+        old_block.copy_(t)
     filled = list(n_old)
     for a in sorted(srcs, reverse=True):  # axis 0 last: its new rows are then whole contiguous rows
         n, extra = n_old[a], srcs[a][n_old[a]:]
@@ -87,10 +99,12 @@ def _expand(t: torch.Tensor, srcs: dict[int, torch.Tensor]) -> torch.Tensor:
         if a == 0 and dst.is_contiguous():
             torch.index_select(block, 0, extra, out=dst)
         else:
-            shape = [1] * t.dim()
-            shape[a] = -1
-            idx = extra.view(shape).expand(*[len(extra) if i == a else f for i, f in enumerate(filled)])
+            idx = _axis_view(extra, a, t.dim()).expand(*[len(extra) if i == a else f for i, f in enumerate(filled)])
             dst.copy_(torch.gather(block, a, idx))
+        if a in fr:  # the copies were gathered with their original's fraction; give them their own
+            ratio = fr[a][n:] / fr[a][extra]
+            if not bool((ratio == 1).all()):
+                dst.mul_(_axis_view(ratio, a, t.dim()))
         filled[a] = new_shape[a]
     return out
 
@@ -110,14 +124,15 @@ def grow_tensors(coupling: Coupling, maps: SpaceMaps) -> dict[str, torch.Tensor]
                     f"'{name}' axis {axis} lies along a dimension that grows, but no traced op says how it is used "
                     f"(per unit, or summed over). {EXTENSION_HINT}"
                 )
+        fracs = {}
+        for axis, (_, frac) in axis_maps.items():
+            if tr.roles[(name, axis)] == {FANIN}:
+                fracs[axis] = frac
+            if (name, axis) in extra:  # tied compensation (fractions of the tied axis' map)
+                comp = maps.torch_map(extra[(name, axis)], t.device)[1]
+                fracs[axis] = fracs[axis] * comp if axis in fracs else comp
         with torch.no_grad():
-            out = _expand(t.detach(), {a: src for a, (src, _) in axis_maps.items()})
-            for axis, (_, frac) in axis_maps.items():
-                if tr.roles[(name, axis)] == {FANIN}:
-                    out = _scale_along(out, axis, frac)
-                if (name, axis) in extra:
-                    out = _scale_along(out, axis, maps.torch_map(extra[(name, axis)], t.device)[1])
-        new[name] = out
+            new[name] = _expand(t.detach(), {a: src for a, (src, _) in axis_maps.items()}, fracs)
     return new
 
 

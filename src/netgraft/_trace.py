@@ -99,6 +99,7 @@ class Trace:
         self.outputs: list[Value] = []
         self.values: dict[int, tuple[torch.Tensor, Value]] = {}
         self.module_stack: list[str] = []
+        self.output_tensors: list[torch.Tensor] = []
 
     # -- values ---------------------------------------------------------------------------------------------
     def param_value(self, name: str, t: torch.Tensor) -> Value:
@@ -251,6 +252,7 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
     finally:
         h1.remove()
         h2.remove()
+    tr.output_tensors = [t.detach() for t in flat_outputs(out)]  # eval-mode outputs, reused by the certificate
     for t in flat_outputs(out):
         v = tr.value_of(t, "model output")
         for i, s in enumerate(v.dims):
