@@ -12,7 +12,7 @@ from torch import nn
 from . import _space as sp
 from ._groups import Coupling
 from ._plan import SpaceMaps
-from ._trace import COPY, FANIN, _flat_tensors
+from ._trace import COPY, FANIN
 from .errors import EXTENSION_HINT, UnsupportedModelError
 
 
@@ -182,5 +182,3 @@ def _check_attributes(model: nn.Module) -> None:
             if have != want:
                 raise AssertionError(f"internal: {type(m).__name__} '{name}'.{attr} = {have}, tensors say {want}")
 
-
-__all__ = ["build_model", "_flat_tensors"]

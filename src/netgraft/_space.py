@@ -225,8 +225,3 @@ def leaves(s: Space) -> list[Space]:
                 out.append(leaf)
     return out
 
-
-def ancestors_constraints(s: Space) -> tuple[list[str], list[str], list[str]]:
-    """Walk a composite tree and push its fixed/blocked reasons down to the leaves (called once, at plan time)."""
-    r = find(s)
-    return r.fixed, r.blocked, r.uniform

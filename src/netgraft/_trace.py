@@ -215,33 +215,30 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
             sp.fix(s, f"axis {i} of a model input")
         tr.inputs.append(v)
 
-    leaf_inputs: dict[int, list] = {}
+    active_leaf: list[tuple[nn.Module, list]] = []  # the module with a layer rule being traced as one op
 
     def pre_hook(module: nn.Module, args: tuple) -> None:
         name = tr.module_names.get(id(module))
-        if name is None:
+        if name is None or active_leaf:  # not part of the model, or inside a layer traced as one op
             return
-        if rec.suppress == 0:
-            tr.module_stack.append(name)
-            if layer_rule_for(module) is not None:
-                leaf_inputs[id(module)] = list(args)
-                rec.suppress += 1
-        elif layer_rule_for(module) is not None and id(module) in leaf_inputs:
+        tr.module_stack.append(name)
+        if layer_rule_for(module) is not None:
+            active_leaf.append((module, list(args)))
             rec.suppress += 1
 
     def post_hook(module: nn.Module, args: tuple, output: Any) -> None:
         name = tr.module_names.get(id(module))
         if name is None:
             return
-        rule = layer_rule_for(module)
-        if rule is not None and id(module) in leaf_inputs:
-            rec.suppress -= 1
-            if rec.suppress:
+        if active_leaf:
+            if active_leaf[-1][0] is not module:
                 return
+            _, leaf_args = active_leaf.pop()
+            rec.suppress -= 1
             from .registry import run_layer_rule
 
-            run_layer_rule(tr, rule, module, name, leaf_inputs.pop(id(module)), output)
-        if rec.suppress == 0 and tr.module_stack and tr.module_stack[-1] == name:
+            run_layer_rule(tr, layer_rule_for(module), module, name, leaf_args, output)
+        if tr.module_stack and tr.module_stack[-1] == name:
             tr.module_stack.pop()
 
     h1 = nn.modules.module.register_module_forward_pre_hook(pre_hook)

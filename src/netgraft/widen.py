@@ -8,7 +8,6 @@ from typing import Any
 from torch import nn
 
 from . import _ops_layers, _ops_tensor  # noqa: F401 - register the built-in rules
-from . import _space as sp
 from ._apply import build_model
 from ._groups import Coupling, Group
 from ._plan import Planner, SpaceMaps, _total
@@ -161,4 +160,4 @@ def widen(
     return result
 
 
-__all__ = ["widen", "groups", "couple", "Group", "GroupTable", "WidenReport", "sp"]
+__all__ = ["widen", "groups", "couple", "Group", "GroupTable", "WidenReport"]
