@@ -138,7 +138,12 @@ def _permute(ctx: RuleContext) -> None:
 
 @register_op(names="expand expand_as broadcast_to".split())
 def _expand(ctx: RuleContext) -> None:
-    broadcast(ctx, [ctx.value(ctx.args[0])], ctx.outputs[0])
+    src, out = ctx.value(ctx.args[0]), ctx.outputs[0]
+    broadcast(ctx, [src], out)
+    off = len(out.shape) - len(src.shape)
+    for i, n in enumerate(out.shape):  # axes made by broadcasting (e.g. repeat_kv's n_rep) have a set size
+        if n > 1 and (i < off or src.shape[i - off] == 1):
+            ctx.fix(out.dims[i], "axis created by broadcasting")
 
 
 @register_op(names=["repeat", "tile"])
@@ -466,3 +471,16 @@ def _einsum(ctx: RuleContext) -> None:
             contract(ctx, uses[0][0], uses[0][1], uses[1][0], uses[1][1])
         else:
             ctx.block_all(f"einsum '{eq}' contracts one letter over three operands")
+
+
+@register_op(names=["addmm"])
+def _addmm(ctx: RuleContext) -> None:
+    """addmm(bias, x, w) = bias + x @ w: the weight's first axis is summed over, its second is the output."""
+    bias, x, w = (ctx.value(ctx.arg(i, n)) for i, n in enumerate(("input", "mat1", "mat2")))
+    out = ctx.outputs[0]
+    contract(ctx, x, -1, w, 0)
+    _free(ctx, x, 0, out.dim(0))
+    _free(ctx, w, 1, out.dim(1))
+    if w.param is not None:
+        ctx.produces(out.dim(1))
+    broadcast(ctx, [bias], out)
