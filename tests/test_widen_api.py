@@ -220,3 +220,15 @@ def test_hardcoded_head_count_is_refused_not_broken() -> None:
     m, x = zoo("custom_attention")
     with pytest.raises(netgraft.UnsupportedModelError, match="block.attn"):
         netgraft.widen(m, 2.0, example_inputs=x)
+
+
+def test_heads_can_be_named_and_the_stream_follows() -> None:
+    m, x = zoo("mha_plain")
+    table = netgraft.groups(m, x)
+    heads = [g for g in table if g.name.endswith(":heads")]
+    assert heads and heads[0].dependent and heads[0].display_size == 3
+    name = heads[0].name
+    mha = name.split(":")[0]
+    wide = netgraft.widen(m, {name: 6}, example_inputs=x, seed=0)
+    assert wide.get_submodule(mha).num_heads == 6 and wide.get_submodule(mha).embed_dim == 48
+    assert_exact(m, wide, x)
