@@ -126,9 +126,11 @@ class Planner:
         for g in self.c.groups:
             if not g.growable or not g.name or g.dependent or g.leaf.id in self.sizes:
                 continue
-            q = math.ceil(g.size * factor - 1e-9)
-            for _ in range(10_000):
-                if q > g.size and not (g.uniform and q % g.size):
+            if factor == 1.0:
+                continue
+            q = max(math.ceil(g.size * factor - 1e-9), g.size + 1)
+            for _ in range(100 * g.size):
+                if not (g.uniform and q % g.size):
                     trial = {**self.sizes, g.leaf.id: q}
                     try:
                         self.propagate(trial)
@@ -137,9 +139,10 @@ class Planner:
                     else:
                         self.sizes[g.leaf.id] = q
                         break
-                if q == g.size and factor == 1.0:
-                    break
                 q += 1
+            else:  # never return a model that silently skipped a dimension it was asked to grow
+                raise ValueError(f"no size of {_describe(g)} near {factor} x {g.size} satisfies its constraints and "
+                                 f"links: {'; '.join(g.uniform + [link.reason for link in self.c.trace.links][:2])}")
 
     # -- links ------------------------------------------------------------------------------------------------
     def propagate(self, sizes: dict[int, int]) -> dict[int, int]:
