@@ -232,3 +232,47 @@ def test_heads_can_be_named_and_the_stream_follows() -> None:
     wide = netgraft.widen(m, {name: 6}, example_inputs=x, seed=0)
     assert wide.get_submodule(mha).num_heads == 6 and wide.get_submodule(mha).embed_dim == 48
     assert_exact(m, wide, x)
+
+
+class _TiedDirect(nn.Module):
+    """Embedding fed straight into its tied output layer: no per-unit layer in between to absorb the split."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 6)
+        self.head = nn.Linear(6, 20, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(ids))
+
+
+class _TiedBatchNorm(nn.Module):
+    """Tied embedding with a BatchNorm1d feeding the output layer (its running stats must not be scaled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.head = nn.Linear(6, 20, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bn(self.emb(ids).mean(1)))
+
+
+def test_tied_weights_without_an_absorbing_layer_are_refused() -> None:
+    torch.manual_seed(0)
+    with pytest.raises(netgraft.UnsupportedModelError, match="tied"):
+        netgraft.widen(_TiedDirect(), 2.0, example_inputs=(torch.randint(0, 20, (3, 4)),))
+
+
+def test_tied_weights_through_batchnorm_keep_statistics_exact() -> None:
+    torch.manual_seed(0)
+    m = _TiedBatchNorm()
+    randomize_batchnorm_stats(m, seed=2)
+    x = (torch.randint(0, 20, (5, 4)),)
+    wide = netgraft.widen(m.eval(), 2.0, example_inputs=x, seed=0, noise=0.1)
+    assert wide.head.weight is wide.emb.weight
+    assert_exact(m, wide, x)
+    assert_exact(m, wide, x, train=True)

@@ -16,6 +16,11 @@ from ._trace import COPY, FANIN
 from .errors import EXTENSION_HINT, UnsupportedModelError
 
 
+# ops whose output scales with their per-unit parameters (norm gain and bias, weight rows and bias, a gain)
+_SCALABLE_FEEDERS = {"layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "linear", "conv1d",
+                     "conv2d", "conv3d", "mul"}
+
+
 def _tied_compensation(coupling: Coupling, maps: SpaceMaps) -> dict[tuple[str, int], object]:
     """A parameter axis used both per-unit (an embedding) and summed over (a tied output layer) cannot be split.
     Instead, scale the per-unit parameters of the layer that feeds the summing use (e.g. the final LayerNorm's gain
@@ -34,11 +39,15 @@ def _tied_compensation(coupling: Coupling, maps: SpaceMaps) -> dict[tuple[str, i
             act = next((v for v in op.inputs if v.param is None
                         and any(sp.find(d) is sp.find(space) for d in v.dims)), None)
             feeder = act.producer if act is not None else None
+            # Only parameters the feeder's output is linear in (gain and bias, weight rows), never running
+            # statistics, an added bias alone, or the tied weight itself.
             copies = [(p, a) for p, a, r in (feeder.roles if feeder else []) if r == COPY
-                      and sp.find(tr.param_dims[p][a]) is sp.find(space)]
+                      and sp.find(tr.param_dims[p][a]) is sp.find(space)
+                      and isinstance(tr.tensors_by_name[p], nn.Parameter)]
             fanin_in_feeder = feeder is not None and any(
                 r == FANIN and sp.find(tr.param_dims[p][a]) is sp.find(space) for p, a, r in feeder.roles)
-            if feeder is None or len(act.consumers) != 1 or not copies or fanin_in_feeder:
+            if (feeder is None or feeder.name not in _SCALABLE_FEEDERS or len(act.consumers) != 1 or not copies
+                    or fanin_in_feeder or (name, axis) in copies):
                 raise UnsupportedModelError(
                     f"parameter '{name}' is tied: used per unit and summed over along axis {axis} "
                     f"({op.where()}), and no per-unit layer (LayerNorm, Linear) directly feeds the summing use to "
