@@ -15,7 +15,6 @@ from ._plan import SpaceMaps
 from ._trace import COPY, FANIN
 from .errors import EXTENSION_HINT, UnsupportedModelError
 
-
 # ops whose output scales with their per-unit parameters (norm gain and bias, weight rows and bias, a gain)
 _SCALABLE_FEEDERS = {"layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "linear", "conv1d",
                      "conv2d", "conv3d", "mul"}
