@@ -66,6 +66,7 @@ def _conv(ctx: RuleContext, transposed: bool) -> None:
         ctx.same(x.dims[0], out.dims[0])
     for k in range(n_spatial):
         ctx.fix(w.dims[2 + k], "convolution kernel axis")
+        ctx.fix(x.dims[c + 1 + k], "spatial axis of a convolution input")
         ctx.fix(out.dims[c + 1 + k], "spatial axis")
     cin, cout = x.dim(c), out.dim(c)
     in_ax, out_ax = (0, 1) if transposed else (1, 0)

@@ -90,7 +90,14 @@ def couple_reshape(ctx: RuleContext, src: Value, dst: Value) -> None:
 
 @register_op(names="view reshape flatten unflatten view_as reshape_as squeeze unsqueeze ravel".split())
 def _reshape(ctx: RuleContext) -> None:
-    couple_reshape(ctx, ctx.value(ctx.args[0]), ctx.outputs[0])
+    src, out = ctx.value(ctx.args[0]), ctx.outputs[0]
+    couple_reshape(ctx, src, out)
+    if ctx.record.name == "unflatten":  # nn.Unflatten stores the sizes it splits into: they follow the axes
+        module = ctx.trace.model.get_submodule(ctx.record.module) if ctx.record.module else ctx.trace.model
+        if isinstance(module, torch.nn.Unflatten):
+            d = ctx.arg(1, "dim") % len(src.shape)
+            k = len(out.shape) - len(src.shape) + 1
+            ctx.set_attr("unflattened_size", tuple(out.dims[d:d + k]))
 
 
 def _permutation(ctx: RuleContext, nd: int) -> list[int] | None:
@@ -484,3 +491,21 @@ def _addmm(ctx: RuleContext) -> None:
     if w.param is not None:
         ctx.produces(out.dim(1))
     broadcast(ctx, [bias], out)
+
+
+@register_op(names=["pixel_shuffle", "pixel_unshuffle"])
+def _pixel_shuffle(ctx: RuleContext) -> None:
+    """pixel_shuffle moves an r x r block of each channel group into space: channels are (C, r, r) row-major."""
+    src, out = ctx.value(ctx.args[0]), ctx.outputs[0]
+    r = int(ctx.arg(1, "upscale_factor" if ctx.record.name == "pixel_shuffle" else "downscale_factor"))
+    c = len(src.shape) - 3
+    for i in range(c):
+        ctx.same(src.dims[i], out.dims[i])
+    wide, narrow = (src, out) if ctx.record.name == "pixel_shuffle" else (out, src)
+    parts = ctx.split(wide.dims[c], [narrow.shape[c], r, r], ctx.record.name)
+    ctx.same(parts[0], narrow.dims[c])
+    for p in parts[1:]:
+        ctx.fix(p, f"{ctx.record.name} block of {r}x{r}")
+    for v in (src, out):
+        for i in (c + 1, c + 2):
+            ctx.fix(v.dims[i], "spatial axis")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +154,10 @@ def widen(
             f"{EXTENSION_HINT}"
         ) from err
     report = WidenReport(cert, changes_of(coupling, planner))
+    if not isinstance(widths, dict) and widths > 1 and not report.changes:
+        fixed = [f"'{g.name}': {(g.fixed + g.uniform)[0]}" for g in coupling.groups if g.name and g.fixed][:3]
+        warnings.warn(f"widen({widths}) grew nothing: no hidden dimension of this model can grow ({'; '.join(fixed)})",
+                      stacklevel=2)
     result.netgraft_report = report
     result.netgraft_certificate = cert
     if check and not cert.passed:
