@@ -15,130 +15,130 @@ import netgraft
 
 
 class ConvNeXt(nn.Module):
-    def __init__(s):
+    def __init__(self):
         super().__init__()
-        s.stem = nn.Conv2d(3, 8, 3, padding=1)
-        s.dw = nn.Conv2d(8, 8, 7, padding=3, groups=8)
-        s.ln = nn.LayerNorm(8)
-        s.pw1 = nn.Linear(8, 32)
-        s.pw2 = nn.Linear(32, 8)
-        s.gamma = nn.Parameter(torch.rand(8))
-        s.head = nn.Linear(8, 3)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        self.ln = nn.LayerNorm(8)
+        self.pw1 = nn.Linear(8, 32)
+        self.pw2 = nn.Linear(32, 8)
+        self.gamma = nn.Parameter(torch.rand(8))
+        self.head = nn.Linear(8, 3)
 
-    def forward(s, x):
-        x = s.stem(x)
+    def forward(self, x):
+        x = self.stem(x)
         r = x
-        h = s.dw(x).permute(0, 2, 3, 1)
-        h = s.pw2(F.gelu(s.pw1(s.ln(h)))) * s.gamma
+        h = self.dw(x).permute(0, 2, 3, 1)
+        h = self.pw2(F.gelu(self.pw1(self.ln(h)))) * self.gamma
         x = r + h.permute(0, 3, 1, 2)
-        return s.head(x.mean((2, 3)))
+        return self.head(x.mean((2, 3)))
 
 
 class Inplace(nn.Module):
-    def __init__(s):
+    def __init__(self):
         super().__init__()
-        s.a = nn.Linear(4, 8)
-        s.b = nn.Linear(8, 8)
-        s.c = nn.Linear(8, 2)
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(8, 8)
+        self.c = nn.Linear(8, 2)
 
-    def forward(s, x):
-        h = s.a(x)
+    def forward(self, x):
+        h = self.a(x)
         h.relu_()
-        g = s.b(h)
+        g = self.b(h)
         g.mul_(0.5)
         g.add_(h)
-        return s.c(g * g)
+        return self.c(g * g)
 
 
 class DupCat(nn.Module):
-    def __init__(s):
+    def __init__(self):
         super().__init__()
-        s.a = nn.Conv2d(3, 4, 1)
-        s.b = nn.Conv2d(8, 5, 1)
-        s.fc = nn.Linear(5, 2)
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(8, 5, 1)
+        self.fc = nn.Linear(5, 2)
 
-    def forward(s, x):
-        h = F.relu(s.a(x))
+    def forward(self, x):
+        h = F.relu(self.a(x))
         h = torch.cat([h, h], 1)
-        return s.fc(s.b(h).amax((2, 3)))
+        return self.fc(self.b(h).amax((2, 3)))
 
 
 class SoftCh(nn.Module):
-    def __init__(s):
+    def __init__(self):
         super().__init__()
-        s.a = nn.Linear(4, 6)
-        s.b = nn.Linear(6, 3)
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(6, 3)
 
-    def forward(s, x):
-        return s.b(F.softmax(s.a(x), -1))
+    def forward(self, x):
+        return self.b(F.softmax(self.a(x), -1))
 
 
 class PixSh(nn.Module):
-    def __init__(s):
+    def __init__(self):
         super().__init__()
-        s.a = nn.Conv2d(3, 8, 1)
-        s.ps = nn.PixelShuffle(2)
-        s.b = nn.Conv2d(2, 3, 1)
+        self.a = nn.Conv2d(3, 8, 1)
+        self.ps = nn.PixelShuffle(2)
+        self.b = nn.Conv2d(2, 3, 1)
 
-    def forward(s, x):
-        return s.b(s.ps(s.a(x)))
+    def forward(self, x):
+        return self.b(self.ps(self.a(x)))
 
 
 class Shared(nn.Module):
-    def __init__(s):
+    def __init__(self):
         super().__init__()
-        s.a = nn.Linear(4, 8)
-        s.mid = nn.Linear(8, 8)
-        s.c = nn.Linear(8, 2)
+        self.a = nn.Linear(4, 8)
+        self.mid = nn.Linear(8, 8)
+        self.c = nn.Linear(8, 2)
 
-    def forward(s, x):
-        return s.c(s.mid(torch.tanh(s.mid(s.a(x)))))
+    def forward(self, x):
+        return self.c(self.mid(torch.tanh(self.mid(self.a(x)))))
 
 
 class WhereMask(nn.Module):
-    def __init__(s):
+    def __init__(self):
         super().__init__()
-        s.a = nn.Linear(4, 8)
-        s.c = nn.Linear(8, 2)
+        self.a = nn.Linear(4, 8)
+        self.c = nn.Linear(8, 2)
 
-    def forward(s, x):
-        h = s.a(x)
-        return s.c(torch.where(h > 0, h, 0.1 * h) + 0.5 * h)
+    def forward(self, x):
+        h = self.a(x)
+        return self.c(torch.where(h > 0, h, 0.1 * h) + 0.5 * h)
 
 
 class ChanLast(nn.Module):
-    def __init__(s):
+    def __init__(self):
         super().__init__()
-        s.c = nn.Conv2d(3, 6, 3, padding=1)
-        s.l = nn.Linear(6, 6)
-        s.c2 = nn.Conv2d(6, 2, 1)
+        self.c = nn.Conv2d(3, 6, 3, padding=1)
+        self.l = nn.Linear(6, 6)
+        self.c2 = nn.Conv2d(6, 2, 1)
 
-    def forward(s, x):
-        h = s.c(x).permute(0, 2, 3, 1)
-        h = F.relu(s.l(h)).permute(0, 3, 1, 2)
-        return s.c2(h)
+    def forward(self, x):
+        h = self.c(x).permute(0, 2, 3, 1)
+        h = F.relu(self.l(h)).permute(0, 3, 1, 2)
+        return self.c2(h)
 
 
 class Unflat(nn.Module):
-    def __init__(s):
+    def __init__(self):
         super().__init__()
-        s.fc = nn.Linear(5, 8 * 3 * 3)
-        s.un = nn.Unflatten(1, (8, 3, 3))
-        s.c = nn.Conv2d(8, 2, 3)
+        self.fc = nn.Linear(5, 8 * 3 * 3)
+        self.un = nn.Unflatten(1, (8, 3, 3))
+        self.c = nn.Conv2d(8, 2, 3)
 
-    def forward(s, x):
-        return s.c(F.relu(s.un(s.fc(x)))).flatten(1)
+    def forward(self, x):
+        return self.c(F.relu(self.un(self.fc(x)))).flatten(1)
 
 
 class GateMean(nn.Module):
-    def __init__(s):
+    def __init__(self):
         super().__init__()
-        s.c = nn.Conv2d(3, 6, 3, padding=1)
-        s.c2 = nn.Conv2d(6, 2, 1)
+        self.c = nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 2, 1)
 
-    def forward(s, x):
-        h = F.relu(s.c(x))
-        return s.c2(h * torch.sigmoid(h.mean(1, keepdim=True)))
+    def forward(self, x):
+        h = F.relu(self.c(x))
+        return self.c2(h * torch.sigmoid(h.mean(1, keepdim=True)))
 
 
 def _cases():
