@@ -136,6 +136,10 @@ def test_bad_arguments() -> None:
         netgraft.widen(m, 0.5, example_inputs=x)
     with pytest.raises(TypeError):
         netgraft.widen("model", 2.0, example_inputs=x)
+    with pytest.raises(ValueError, match="finite"):
+        netgraft.widen(m, float("inf"), example_inputs=x)
+    with pytest.raises(ValueError, match="failed on example_inputs"):
+        netgraft.widen(m, 2.0, example_inputs=(torch.randn(2, 99),))
 
 
 def test_groups_table_shows_constraints() -> None:

@@ -114,8 +114,8 @@ class Planner:
         return out
 
     def request_factor(self, factor: float) -> None:
-        if not factor >= 1.0:
-            raise ValueError(f"width factor must be >= 1, got {factor}")
+        if not (factor >= 1.0 and math.isfinite(factor)):
+            raise ValueError(f"width factor must be a finite number >= 1, got {factor}")
         blocked = [g for g in self.c.groups if g.blocked and g.producers and not g.fixed]
         if blocked:
             lines = "; ".join(f"'{g.producers[0]}': {g.blocked[0]}" for g in blocked[:4])

@@ -245,7 +245,13 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
     h2 = nn.modules.module.register_module_forward_hook(post_hook)
     try:
         with _eval_mode(model), torch.no_grad(), rec:
-            out = call_model(model, example_inputs)
+            try:
+                out = call_model(model, example_inputs)
+            except Exception as err:
+                raise ValueError(
+                    f"the model failed on example_inputs while netgraft traced it ({type(err).__name__}: "
+                    f"{str(err)[:300]}); pass inputs the model accepts (a tuple of tensors or a dict of keyword inputs)"
+                ) from err
     finally:
         h1.remove()
         h2.remove()
