@@ -11,6 +11,7 @@ from torch import nn
 
 from . import _space as sp
 from ._groups import Coupling
+from ._memory import empty_for_write
 from ._plan import SpaceMaps
 from ._trace import COPY, FANIN
 from .errors import EXTENSION_HINT, UnsupportedModelError
@@ -86,7 +87,7 @@ def _expand(t: torch.Tensor, srcs: dict[int, torch.Tensor], fracs: dict[int, tor
             out.mul_(_axis_view(f, a, t.dim()))
         return out
     new_shape = [len(srcs[a]) if a in srcs else n for a, n in enumerate(n_old)]
-    out = torch.empty(new_shape, dtype=t.dtype, device=t.device)
+    out = empty_for_write(new_shape, t.dtype, t.device)
     old_block = out[tuple(slice(0, n) for n in n_old)]
     scaled = list(fr)
     if scaled:
