@@ -288,11 +288,14 @@ def _reduce(ctx: RuleContext) -> None:
         broadcast(ctx, ctx.inputs, ctx.outputs[0])  # torch.max(a, b) is elementwise
         return
     dims = set(range(nd)) if dim is None or dim == () else {d % nd for d in ([dim] if isinstance(dim, int) else dim)}
+    biased = _is_biased(ctx) if name in ("var", "std", "var_mean", "std_mean") else True
     for d in sorted(dims):
         s = src.dims[d]
         if src.shape[d] <= 1:
             continue
-        if name in _KEEPS_UNIFORM:
+        if not biased:  # Bessel's correction: k*S/(k*N - 1) != S/(N - 1), even under uniform replication
+            ctx.block(s, f"unbiased '{name}' over this axis changes when units are replicated (correction=0 would not)")
+        elif name in _KEEPS_UNIFORM:
             ctx.uniform(s, f"'{name}' over this axis")
         elif name in _BREAKS:
             ctx.block(s, f"'{name}' over this axis changes when units are replicated (a mean would not)")
@@ -304,6 +307,16 @@ def _reduce(ctx: RuleContext) -> None:
         elif len(out.shape) == len(keep):
             for o, i in enumerate(keep):
                 ctx.same(src.dims[i], out.dims[o])
+
+
+def _is_biased(ctx: RuleContext) -> bool:
+    """True when var/std use correction=0 (unbiased=False); torch's default is the unbiased estimate."""
+    if "correction" in ctx.kwargs:
+        return ctx.kwargs["correction"] in (0, 0.0)
+    if "unbiased" in ctx.kwargs:
+        return ctx.kwargs["unbiased"] is False
+    flags = [a for a in ctx.args[1:] if isinstance(a, bool)]
+    return bool(flags) and flags[0] is False
 
 
 @register_op(names=["softmax", "log_softmax", "softmin", "normalize", "gumbel_softmax"])
@@ -319,16 +332,28 @@ def _softmax(ctx: RuleContext) -> None:
         ctx.fix(src.dims[d], f"'{ctx.record.name}' over this axis")
 
 
-@register_op(names="cumsum cumprod cummax cummin logcumsumexp flip roll sort argsort topk kthvalue".split())
+# Ops that mix or reorder units along an axis; where the axis argument sits, and its default.
+_ALONG_AXIS = {"cumsum": (1, None), "cumprod": (1, None), "cummax": (1, None), "cummin": (1, None),
+               "logcumsumexp": (1, None), "sort": (1, -1), "argsort": (1, -1), "topk": (2, -1),
+               "kthvalue": (2, -1), "flip": (1, None), "roll": (2, None)}
+
+
+@register_op(names=sorted(_ALONG_AXIS))
 def _along_axis(ctx: RuleContext) -> None:
     src = ctx.value(ctx.args[0])
+    name = ctx.record.name
+    pos, default = _ALONG_AXIS[name]
+    dims = ctx.kwargs.get("dims", ctx.kwargs.get("dim", ctx.args[pos] if len(ctx.args) > pos else default))
+    nd = len(src.shape)
+    dims = list(range(nd)) if dims is None else [dims] if isinstance(dims, int) else list(dims)
+    dims = [d % nd for d in dims] if nd else []
     for out in ctx.outputs:
-        if out.shape == src.shape:
-            ctx.same_shape(src, out)
-    ctx.block_all(f"'{ctx.record.name}' mixes units along an axis") if ctx.record.name in ("flip", "roll") else None
-    d = ctx.kwargs.get("dim", ctx.args[1] if len(ctx.args) > 1 and isinstance(ctx.args[1], int) else -1)
-    if isinstance(d, int) and src.shape and src.shape[d] > 1:
-        ctx.block(src.dims[d], f"'{ctx.record.name}' along this axis")
+        for i in range(min(nd, len(out.shape))):
+            if i not in dims and out.shape[i] == src.shape[i]:
+                ctx.same(src.dims[i], out.dims[i])
+    for d in dims:
+        if src.shape[d] > 1:
+            ctx.block(src.dims[d], f"'{name}' along this axis depends on which units exist")
 
 
 _FACTORIES = """zeros ones empty full rand randn randint arange range linspace logspace eye tensor as_tensor

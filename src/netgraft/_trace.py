@@ -190,12 +190,28 @@ def call_model(model: nn.Module, example_inputs: Any) -> Any:
 
 
 @contextlib.contextmanager
+def preserve_buffers(model: nn.Module) -> Iterator[None]:
+    """Restore every buffer after running the model: a forward may update state in place (BatchNorm statistics in
+    train mode, a step counter, an EMA) or re-assign a buffer, and the user's model must come back as it was."""
+    saved = [(m, name, b, b.detach().clone()) for m in model.modules() for name, b in m._buffers.items()
+             if b is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, name, b, value in saved:
+                m._buffers[name] = b
+                b.copy_(value)
+
+
+@contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Trace in eval mode so BatchNorm does not update the user's running statistics; restore modes after."""
+    """Trace in eval mode (BatchNorm uses, not updates, its statistics) and restore modes and buffers after."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        yield
+        with preserve_buffers(model):
+            yield
     finally:
         for m, mode in modes:
             m.training = mode

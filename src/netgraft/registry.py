@@ -30,7 +30,6 @@ from torch import nn
 from . import _space as sp
 from ._space import Space
 from ._trace import COPY, FANIN, AttrSetter, Link, OpRecord, Producer, Trace, Value, _flat_tensors
-from .errors import EXTENSION_HINT
 
 Rule = Callable[["RuleContext"], None]
 
@@ -244,7 +243,7 @@ class RuleContext:
 
 
 def _unsupported(ctx: RuleContext) -> None:
-    ctx.block_all(f"no rule for op '{ctx.record.name}'. {EXTENSION_HINT}")
+    ctx.block_all(f"no rule for op '{ctx.record.name}'")
 
 
 def dispatch_op(trace: Trace, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
@@ -264,6 +263,7 @@ def dispatch_op(trace: Trace, func: Any, args: tuple, kwargs: dict, out: Any) ->
     if rule is _IGNORE:
         return
     module = trace.current_module()
+    _block_partial_inplace(trace, func, args, name, module)
     record = OpRecord(name, module, [], [])
     by_id: dict[int, Value] = {}
     for t in ins:
@@ -298,6 +298,20 @@ def _alias(src: Value, out: Value) -> None:
     mapped = tuple(axes_of.get(sp.find(d).id) if d.size > 1 else None for d in out.dims)
     if any(a is not None for a in mapped):
         out.param, out.param_axes = src.param, mapped
+
+
+def _block_partial_inplace(trace: Trace, func: Any, args: tuple, name: str, module: str) -> None:
+    """An in-place op on part of a tensor (`h[:, :2].mul_(0)`) changes the whole tensor behind the trace's back:
+    the base's axes cannot be mapped."""
+    raw = getattr(func, "__name__", "")
+    inplace = (raw.endswith("_") and not raw.startswith("_")) or raw.startswith("__i")
+    t = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    base = getattr(t, "_base", None) if inplace else None
+    if base is None or base.numel() == t.numel():
+        return
+    for s in trace.value_of(base, name).dims:
+        if s.size > 1:
+            sp.block(s, f"in-place '{raw}' on part of a tensor in module '{module}'")
 
 
 def run_layer_rule(trace: Trace, rule: Rule, module: nn.Module, name: str, args: list, output: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,14 +129,16 @@ def widen(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     coupling = couple(model, example_inputs)
     planner = Planner(coupling)
     if isinstance(widths, dict):
         for key, size in widths.items():
-            if not isinstance(size, int) or isinstance(size, bool):
+            if not isinstance(size, numbers.Integral) or isinstance(size, bool):
                 raise TypeError(f"widths['{key}'] must be an int, got {size!r}")
-            planner.request_total(key, size)
-    elif isinstance(widths, (int, float)) and not isinstance(widths, bool):
+            planner.request_total(key, int(size))
+    elif isinstance(widths, numbers.Real) and not isinstance(widths, bool):
         planner.request_factor(float(widths))
     else:
         raise TypeError(f"widths must be a dict {{module path: size}} or a float factor, got {type(widths).__name__}")
