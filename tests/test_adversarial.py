@@ -112,3 +112,38 @@ def test_stateful_source_and_result_are_left_as_they_were() -> None:
     wide = netgraft.widen(m, {"a": 16}, example_inputs=(torch.randn(5, 4),))
     assert_unchanged(m, before)
     assert float(wide.calls) == 0.0 and float(wide.ema.abs().sum()) == 0.0
+
+
+class DirectForward(nn.Module):
+    """Children called through .forward (no hooks) and a child's weight used functionally by the parent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(8, 6)
+        self.c = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a.forward(x))
+        h = torch.tanh(torch.nn.functional.linear(h, self.b.weight, self.b.bias))
+        return self.c(h)
+
+
+def test_attributes_follow_the_module_that_owns_the_weight() -> None:
+    torch.manual_seed(0)
+    m = DirectForward()
+    x = (torch.randn(5, 4),)
+    wide = netgraft.widen(m, {"a": 12, "b": 9}, example_inputs=x, seed=0)
+    assert (wide.a.out_features, wide.b.in_features, wide.b.out_features, wide.c.in_features) == (12, 12, 9, 9)
+    assert_exact(m, wide, x)
+
+
+def test_spectral_norm_in_train_mode_is_not_disturbed() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Linear(4, 6)), nn.ReLU(), nn.Linear(6, 2))
+    before = snapshot(m)
+    with pytest.raises(netgraft.UnsupportedModelError, match="cannot widen '0'"):
+        netgraft.widen(m, {"0": 12}, example_inputs=(torch.randn(5, 4),))
+    wide = netgraft.widen(m, 1.0, example_inputs=(torch.randn(5, 4),))
+    assert wide.netgraft_certificate.passed
+    assert_unchanged(m, before)

@@ -22,19 +22,39 @@ def _module(ctx: RuleContext) -> nn.Module | None:
         return None
 
 
-def _owns(ctx: RuleContext, cls: type | tuple[type, ...], weight: Value | None) -> bool:
-    """True when the current module is a `cls` whose own weight this op uses (so its attributes must follow)."""
-    m = _module(ctx)
-    if not isinstance(m, cls):
-        return False
-    w = getattr(m, "weight", None)
-    return weight is None or w is None or ctx.trace.tensors.get(id(w), ("",))[0] == weight.param
+def _owner(ctx: RuleContext, cls: type | tuple[type, ...], *values: Value | None) -> str | None:
+    """Path of the `cls` module whose attributes must follow this op: the module that owns its parameters (found
+    from their names, so calling `.forward` directly or reusing `other.weight` still updates `other`), else the
+    module whose forward runs the op."""
+    params = [ctx.trace.tensors_by_name[v.param] for v in values if v is not None and v.param is not None]
+    current = _module(ctx)
+    if isinstance(current, cls) and (not params or any(
+            any(t is p for t in (*current._parameters.values(), *current._buffers.values())) for p in params)):
+        return ctx.record.module  # the module running the op holds the parameter (also when it is tied)
+    for v in values:
+        if v is not None and v.param is not None:
+            path = v.param.rsplit(".", 1)[0] if "." in v.param else ""
+            try:
+                m = ctx.trace.model.get_submodule(path) if path else ctx.trace.model
+            except AttributeError:
+                continue
+            return path if isinstance(m, cls) else None
+    return None
 
 
 def _produce(ctx: RuleContext, space: Space, weight: Value | None) -> None:
-    ctx.produces(space)
-    if weight is not None and weight.param and weight.param != f"{ctx.record.module}.weight".lstrip("."):
-        ctx.produces(space, key=weight.param)  # a bare parameter used functionally can be named directly
+    """Name `space` after the module that owns the weight (the module a user thinks of as producing it), and after
+    the parameter itself when it is a bare one (`self.w`)."""
+    if weight is None or weight.param is None:
+        ctx.produces(space)
+        return
+    t = ctx.trace.tensors_by_name[weight.param]
+    current = _module(ctx)
+    holds = current is not None and any(p is t for p in current._parameters.values())
+    owner, _, leaf = weight.param.rpartition(".")
+    ctx.produces(space, key=ctx.record.module if holds else (owner or ctx.record.module))
+    if leaf != "weight":
+        ctx.produces(space, key=weight.param)
 
 
 @register_op(F.linear, names=["linear"])
@@ -45,14 +65,17 @@ def _linear(ctx: RuleContext) -> None:
     if w.param is not None:
         ctx.per_unit(w, 0, out.dim(-1))
         _produce(ctx, out.dim(-1), w)
-    else:
+    else:  # a weight computed in forward (a parametrization such as spectral_norm or weight_norm)
         ctx.same(w.dim(0), out.dim(-1))
+        ctx.block(out.dim(-1), "the weight of this linear op is computed in forward (e.g. a parametrization); "
+                               "netgraft cannot resize what it is computed from")
+        ctx.produces(out.dim(-1))
     ctx.per_unit(b, 0, out.dim(-1))
     for i in range(len(x.shape) - 1):
         ctx.same(x.dims[i], out.dims[i])
-    if _owns(ctx, nn.Linear, w):
-        ctx.set_attr("in_features", x.dim(-1))
-        ctx.set_attr("out_features", out.dim(-1))
+    if (owner := _owner(ctx, nn.Linear, w)) is not None:
+        ctx.set_attr("in_features", x.dim(-1), module=owner)
+        ctx.set_attr("out_features", out.dim(-1), module=owner)
 
 
 def _conv(ctx: RuleContext, transposed: bool) -> None:
@@ -70,7 +93,7 @@ def _conv(ctx: RuleContext, transposed: bool) -> None:
         ctx.fix(out.dims[c + 1 + k], "spatial axis")
     cin, cout = x.dim(c), out.dim(c)
     in_ax, out_ax = (0, 1) if transposed else (1, 0)
-    owner = _owns(ctx, nn.modules.conv._ConvNd, w)
+    owner = _owner(ctx, nn.modules.conv._ConvNd, w)
     if groups == 1:
         ctx.fan_in(w, in_ax, cin)
         ctx.per_unit(w, out_ax, cout)
@@ -85,8 +108,8 @@ def _conv(ctx: RuleContext, transposed: bool) -> None:
             ctx.same(g, cin)
             ctx.fix(m, f"channel multiplier {mult} of a depthwise convolution")
             ctx.per_unit(w, 0, cout)
-        if owner:
-            ctx.set_attr("groups", cin)
+        if owner is not None:
+            ctx.set_attr("groups", cin, module=owner)
     elif not transposed:  # grouped: the groups stay, each group's channels grow alike
         gin = ctx.split(cin, [groups, cin.size // groups], f"groups={groups}")
         ctx.fix(gin[0], f"{type(_module(ctx)).__name__} '{ctx.record.module}' has groups={groups}")
@@ -98,15 +121,15 @@ def _conv(ctx: RuleContext, transposed: bool) -> None:
     elif w.shape[0] == groups and w.shape[1] == 1:  # depthwise transposed convolution
         ctx.per_unit(w, 0, cin)
         ctx.same(cin, cout)
-        if owner:
-            ctx.set_attr("groups", cin)
+        if owner is not None:
+            ctx.set_attr("groups", cin, module=owner)
     else:
         ctx.block_all(f"grouped transposed convolution (groups={groups})")
         return
     ctx.per_unit(b, 0, cout)
-    if owner:
-        ctx.set_attr("in_channels", cin)
-        ctx.set_attr("out_channels", cout)
+    if owner is not None:
+        ctx.set_attr("in_channels", cin, module=owner)
+        ctx.set_attr("out_channels", cout, module=owner)
 
 
 @register_op(F.conv1d, F.conv2d, F.conv3d, names=["conv1d", "conv2d", "conv3d"])
@@ -127,8 +150,9 @@ def _batch_norm(ctx: RuleContext) -> None:
     c = x.dim(1) if len(x.shape) > 1 else x.dim(0)
     for i, n in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
         ctx.per_unit(ctx.value(ctx.arg(i, n)), 0, c)
-    if _owns(ctx, (nn.modules.batchnorm._NormBase,), None):
-        ctx.set_attr("num_features", c)
+    stats = [ctx.value(ctx.arg(i, n)) for i, n in ((1, "running_mean"), (3, "weight"))]
+    if (owner := _owner(ctx, nn.modules.batchnorm._NormBase, *stats)) is not None:
+        ctx.set_attr("num_features", c, module=owner)
 
 
 def _normalized(ctx: RuleContext, x: Value, k: int, what: str) -> list[Space]:
@@ -152,8 +176,8 @@ def _layer_norm(ctx: RuleContext) -> None:
     for i, s in enumerate(spaces):
         ctx.per_unit(w, i, s)
         ctx.per_unit(b, i, s)
-    if _owns(ctx, (nn.LayerNorm, nn.RMSNorm), None):
-        ctx.set_attr("normalized_shape", tuple(spaces))
+    if (owner := _owner(ctx, (nn.LayerNorm, nn.RMSNorm), w)) is not None:
+        ctx.set_attr("normalized_shape", tuple(spaces), module=owner)
 
 
 @register_op(F.group_norm, names=["group_norm"])
@@ -170,10 +194,10 @@ def _group_norm(ctx: RuleContext) -> None:
         ctx.fix(per, f"GroupNorm normalises groups of {c.size // groups} channels: it grows by whole groups")
     ctx.per_unit(ctx.value(ctx.arg(2, "weight")), 0, c)
     ctx.per_unit(ctx.value(ctx.arg(3, "bias")), 0, c)
-    if _owns(ctx, nn.GroupNorm, None):
-        ctx.set_attr("num_channels", c)
+    if (owner := _owner(ctx, nn.GroupNorm, ctx.value(ctx.arg(2, "weight")))) is not None:
+        ctx.set_attr("num_channels", c, module=owner)
         if g is not None:
-            ctx.set_attr("num_groups", g)
+            ctx.set_attr("num_groups", g, module=owner)
 
 
 @register_op(F.embedding, names=["embedding"])
@@ -186,8 +210,8 @@ def _embedding(ctx: RuleContext) -> None:
     if ctx.arg(3, "max_norm") is not None:
         ctx.block(out.dim(-1), "Embedding max_norm renormalises rows over this axis")
     _produce(ctx, out.dim(-1), w)
-    if _owns(ctx, nn.Embedding, w):
-        ctx.set_attr("embedding_dim", out.dim(-1))
+    if (owner := _owner(ctx, nn.Embedding, w)) is not None:
+        ctx.set_attr("embedding_dim", out.dim(-1), module=owner)
 
 
 _MHA_ARGS = ("query key value embed_dim_to_check num_heads in_proj_weight in_proj_bias bias_k bias_v add_zero_attn "

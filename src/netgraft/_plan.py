@@ -73,11 +73,11 @@ class Planner:
         free = [x for x in leaves if self.c.free(x)]
         if len(free) == 1:
             return self.c.by_leaf[free[0].id], space
-        groups = [self.c.by_leaf[x.id] for x in leaves]
-        blocked = [r for g in groups for r in g.blocked]
+        status = [self.c.status.get(x.id, ([], [], [])) for x in sp.leaves(space)]
+        blocked = [r for _, b, _ in status for r in b]
         if blocked:
             raise UnsupportedModelError(f"cannot widen '{key}': {blocked[0]}. {EXTENSION_HINT}")
-        fixed = [r for g in groups for r in g.fixed]
+        fixed = [r for f, _, _ in status for r in f]
         raise ValueError(f"cannot widen '{key}': its dimension cannot grow ({'; '.join(fixed[:3]) or 'no free unit'})")
 
     def request_total(self, key: str, total: int) -> None:
