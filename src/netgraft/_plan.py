@@ -116,6 +116,8 @@ class Planner:
     def request_factor(self, factor: float) -> None:
         if not (factor >= 1.0 and math.isfinite(factor)):
             raise ValueError(f"width factor must be a finite number >= 1, got {factor}")
+        if factor == 1.0:
+            return
         blocked = [g for g in self.c.groups if g.blocked and g.producers and not g.fixed]
         if blocked:
             lines = "; ".join(f"'{g.producers[0]}': {g.blocked[0]}" for g in blocked[:4])
@@ -125,8 +127,6 @@ class Planner:
             )
         for g in self.c.groups:
             if not g.growable or not g.name or g.dependent or g.leaf.id in self.sizes:
-                continue
-            if factor == 1.0:
                 continue
             q = max(math.ceil(g.size * factor - 1e-9), g.size + 1)
             for _ in range(100 * g.size):
