@@ -147,3 +147,114 @@ def test_spectral_norm_in_train_mode_is_not_disturbed() -> None:
     wide = netgraft.widen(m, 1.0, example_inputs=(torch.randn(5, 4),))
     assert wide.netgraft_certificate.passed
     assert_unchanged(m, before)
+
+
+def _lin(din: int, dout: int) -> nn.Linear:
+    return nn.Linear(din, dout)
+
+
+class SliceConcat(nn.Module):
+    """Reads the first 5 units of a concatenation of 4 + 4: growing the first part moves the fifth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = _lin(3, 4), _lin(3, 4), _lin(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.cat([self.a(x), self.b(x)], 1)[:, :5])
+
+
+class SlicePastEnd(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.c = _lin(3, 8), _lin(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.a(x)[:, :100])  # means "all" today, would cut the axis after growth
+
+
+class ChunkOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.c = _lin(3, 8), _lin(4, 2)
+
+    def forward(self, x: torch.Tensor):
+        p, q = self.a(x).chunk(2, 1)  # re-split evenly at run time
+        return p, self.c(torch.clamp(q, min=self.a.bias[:4]))
+
+
+class StackFlatten(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = _lin(3, 5), _lin(3, 5), _lin(10, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.stack([self.a(x), self.b(x)], 1).flatten(1))
+
+
+class BareMatmul(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(3, 6))
+        self.V = nn.Parameter(torch.randn(6, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ self.W) @ self.V
+
+
+def test_prefix_of_a_growing_concatenation_is_refused() -> None:
+    torch.manual_seed(0)
+    x = (torch.randn(4, 3),)
+    with pytest.raises(netgraft.UnsupportedModelError, match="first 5 units"):
+        netgraft.widen(SliceConcat(), {"a": 6}, example_inputs=x)
+    m = SliceConcat()
+    assert_exact(m, netgraft.widen(m, {"b": 6}, example_inputs=x), x)  # the second part may grow
+
+
+def test_slice_past_the_end_is_refused() -> None:
+    with pytest.raises(netgraft.UnsupportedModelError, match="slice"):
+        netgraft.widen(SlicePastEnd(), {"a": 12}, example_inputs=(torch.randn(4, 3),))
+
+
+def test_chunk_pieces_stay_equal_and_clamp_bounds_follow() -> None:
+    torch.manual_seed(0)
+    m = ChunkOut()
+    with pytest.raises((ValueError, netgraft.UnsupportedModelError)):
+        netgraft.widen(m, {"a": 12}, example_inputs=(torch.randn(4, 3),))  # p is a model output: it cannot grow
+
+
+def test_stack_axis_and_bare_matmul_are_widened() -> None:
+    torch.manual_seed(0)
+    x = (torch.randn(4, 3),)
+    m = StackFlatten()
+    wide = netgraft.widen(m, 2.0, example_inputs=x)
+    assert wide.a.out_features == 10 and wide.c.in_features == 20
+    assert_exact(m, wide, x)
+    m2 = BareMatmul()
+    wide2 = netgraft.widen(m2, {"W": 9}, example_inputs=x, noise=0.1, seed=0)
+    assert wide2.W.shape == (3, 9) and wide2.V.shape == (9, 2)
+    assert_exact(m2, wide2, x)
+
+
+def test_a_failing_rule_is_reported_as_the_rule_failing() -> None:
+    @netgraft.register_op(torch.nn.functional.softmax)
+    def _broken(ctx: netgraft.RuleContext) -> None:
+        raise IndexError("boom")
+
+    try:
+        m = nn.Sequential(nn.Linear(3, 4), nn.Softmax(-1))
+        with pytest.raises(netgraft.UnsupportedModelError, match="rule for op 'softmax'.*boom"):
+            netgraft.groups(m, (torch.randn(2, 3),))
+    finally:
+        from netgraft.registry import _OP_RULES
+
+        _OP_RULES.pop(torch.nn.functional.softmax, None)
+
+
+def test_numpy_sizes_and_parameter_tags() -> None:
+    import numpy as np
+
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    m[0].weight._no_weight_decay = True
+    wide = netgraft.widen(m, {"0": np.int64(7)}, example_inputs=(torch.randn(2, 3),))
+    assert wide[0].out_features == 7 and getattr(wide[0].weight, "_no_weight_decay", False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,8 +47,9 @@ def _tied_compensation(coupling: Coupling, maps: SpaceMaps) -> dict[tuple[str, i
                       and isinstance(tr.tensors_by_name[p], nn.Parameter)]
             fanin_in_feeder = feeder is not None and any(
                 r == FANIN and sp.find(tr.param_dims[p][a]) is sp.find(space) for p, a, r in feeder.roles)
+            shared = any(len(tr.role_ops[key]) > 1 for key in copies)  # a LayerNorm used elsewhere too
             if (feeder is None or feeder.name not in _SCALABLE_FEEDERS or len(act.consumers) != 1 or not copies
-                    or fanin_in_feeder or (name, axis) in copies):
+                    or fanin_in_feeder or (name, axis) in copies or shared):
                 raise UnsupportedModelError(
                     f"parameter '{name}' is tied: used per unit and summed over along axis {axis} "
                     f"({op.where()}), and no per-unit layer (LayerNorm, Linear) directly feeds the summing use to "
@@ -145,15 +147,29 @@ def grow_tensors(coupling: Coupling, maps: SpaceMaps) -> dict[str, torch.Tensor]
     return new
 
 
+def _check_prefix_uses(coupling: Coupling, maps: SpaceMaps) -> None:
+    """Code that reads the first n units of an axis (`x[:, :n]`, `x[:, i]`) is exact only if growth keeps those units
+    in place: true for a plain group (originals stay first), not for a concatenation whose first part grows."""
+    for space, n, where in coupling.trace.prefix_uses:
+        m = maps.get(space)
+        if m is not None and not np.array_equal(m.src[:n], np.arange(n)):
+            raise UnsupportedModelError(
+                f"{where} reads the first {n} units of an axis whose grown layout moves them (a concatenation whose "
+                f"first part grows). Widen the other parts, or register a rule. {EXTENSION_HINT}"
+            )
+
+
 def build_model(coupling: Coupling, maps: SpaceMaps, sizes_of) -> nn.Module:
     tr = coupling.trace
     model = tr.model
+    _check_prefix_uses(coupling, maps)
     new = grow_tensors(coupling, maps)
     memo: dict[int, object] = {}
     for name, t in new.items():
         old = tr.tensors_by_name[name]
         if isinstance(old, nn.Parameter):
             memo[id(old)] = nn.Parameter(t, requires_grad=old.requires_grad)
+            memo[id(old)].__dict__.update(copy.deepcopy(old.__dict__))  # user tags (e.g. _no_weight_decay)
         else:
             memo[id(old)] = t
     result = copy.deepcopy(model, memo)

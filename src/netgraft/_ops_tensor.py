@@ -10,14 +10,15 @@ from .registry import _IGNORE, RuleContext, register_op
 
 UNARY = """relu relu6 gelu silu elu selu celu leaky_relu hardtanh hardswish hardsigmoid mish softplus softsign
 tanhshrink hardshrink softshrink sigmoid tanh logsigmoid exp exp2 expm1 log log1p log2 log10 abs neg negative sqrt
-rsqrt square sin cos reciprocal sign sgn floor ceil round trunc frac erf erfc erfinv clamp clip clamp_min clamp_max
+rsqrt square sin cos reciprocal sign sgn floor ceil round trunc frac erf erfc erfinv
 nan_to_num dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout contiguous clone detach float
-double half bfloat16 to type type_as cpu cuda requires_grad data pos positive triu tril logical_not bitwise_not isnan
+double half bfloat16 to type type_as cpu cuda requires_grad data pos positive logical_not bitwise_not isnan
 isinf isfinite threshold rrelu detach_copy conj resolve_conj resolve_neg fill zero""".split()
 
 BINARY = """add sub subtract rsub mul multiply div divide truediv true_divide floordiv floor_divide mod remainder fmod
 pow float_power maximum minimum fmax fmin atan2 eq ne lt le gt ge and or xor logical_and logical_or logical_xor
-bitwise_and bitwise_or bitwise_xor where masked_fill lerp addcmul addcdiv hypot copysign xlogy""".split()
+bitwise_and bitwise_or bitwise_xor where masked_fill lerp addcmul addcdiv hypot copysign xlogy clamp clip clamp_min
+clamp_max""".split()
 
 
 def broadcast(ctx: RuleContext, values: list[Value], out: Value) -> None:
@@ -45,7 +46,17 @@ def _unary(ctx: RuleContext) -> None:
 
 @register_op(names=BINARY)
 def _binary(ctx: RuleContext) -> None:
-    broadcast(ctx, ctx.inputs, ctx.outputs[0])
+    broadcast(ctx, ctx.inputs, ctx.outputs[0])  # every tensor argument, clamp's tensor bounds included
+
+
+@register_op(names=["triu", "tril"])
+def _triangle(ctx: RuleContext) -> None:
+    """triu/tril keep entries by position on the last two axes: those axes cannot grow."""
+    src, out = ctx.value(ctx.args[0]), ctx.outputs[0]
+    ctx.same_shape(src, out)
+    for d in (-1, -2):
+        if len(src.shape) >= 2 and src.shape[d] > 1:
+            ctx.fix(src.dims[d], f"'{ctx.record.name}' keeps entries by position on this axis")
 
 
 @register_op(names=["prelu"])
@@ -185,6 +196,8 @@ def _stack(ctx: RuleContext) -> None:
         v = ctx.value(t)
         for i in range(len(v.shape)):
             ctx.same(v.dims[i], out.dims[i if i < d else i + 1])
+    if out.shape[d] > 1:
+        ctx.fix(out.dims[d], "axis created by stack")
 
 
 @register_op(names="split chunk tensor_split split_with_sizes unsafe_split unsafe_chunk".split())
@@ -193,10 +206,22 @@ def _split(ctx: RuleContext) -> None:
     nd = len(src.shape)
     d = ctx.kwargs.get("dim", ctx.args[2] if len(ctx.args) > 2 else 0) % nd
     outs = ctx.outputs
-    parts = ctx.split_sum(src.dims[d], [o.shape[d] for o in outs])
+    sizes = [o.shape[d] for o in outs]
+    parts = ctx.split_sum(src.dims[d], sizes)
     for o, p in zip(outs, parts, strict=True):
         for i in range(nd):
             ctx.same(o.dims[i], p if i == d else src.dims[i])
+    how = ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs.get("split_size_or_sections", ctx.kwargs.get("chunks"))
+    if ctx.record.name in ("chunk", "unsafe_chunk") or (isinstance(how, int) and ctx.record.name != "tensor_split"):
+        if len(set(sizes)) == 1:  # re-split evenly at run time: the pieces must keep equal sizes
+            for p in parts[1:]:
+                ctx.link(parts[0], p, f"'{ctx.record.name}' splits into equal pieces")
+        else:
+            for p in parts:
+                ctx.fix(p, f"'{ctx.record.name}' into unequal pieces")
+    else:  # sizes or indices written in the code
+        for p in parts:
+            ctx.fix(p, f"'{ctx.record.name}' into sizes given in the code")
 
 
 @register_op(names=["unbind"])
@@ -227,17 +252,20 @@ def _getitem_axes(ctx: RuleContext, src: Value, out: Value, index: object) -> No
         elif isinstance(x, int) and not isinstance(x, bool):
             if x < 0 and src.shape[i] > 1:  # counted from the end: moves when the axis grows
                 ctx.block(src.dims[i], f"index {x} counts from the end of an axis")
+            elif src.shape[i] > 1:
+                ctx.trace.prefix_uses.append((src.dims[i], x + 1, ctx.where()))
             i += 1
         elif isinstance(x, slice):
             if x == slice(None) or (x.start in (None, 0) and x.stop is None and x.step in (None, 1)):
                 ctx.same(src.dims[i], out.dims[o])
             else:
-                ok = (x.start or 0) >= 0 and x.stop is not None and x.stop >= 0 and x.step in (None, 1)
+                ok = (x.start or 0) >= 0 and x.stop is not None and 0 <= x.stop < src.shape[i] and x.step in (None, 1)
                 if ok:  # a prefix-stable slice keeps the original units (they stay first after growth)
                     if out.shape[o] > 1:
                         ctx.fix(out.dims[o], "slice of an axis")
-                else:
-                    ctx.block(src.dims[i], f"slice {x} of an axis")
+                    ctx.trace.prefix_uses.append((src.dims[i], x.stop, ctx.where()))
+                elif src.shape[i] > 1:
+                    ctx.block(src.dims[i], f"slice {x} of an axis of size {src.shape[i]}")
             i += 1
             o += 1
         else:
@@ -326,8 +354,8 @@ def _softmax(ctx: RuleContext) -> None:
     d = ctx.arg(1, "dim")
     if ctx.record.name == "normalize":
         d = ctx.kwargs.get("dim", ctx.args[2] if len(ctx.args) > 2 else 1)
-    if d is None:
-        d = -1
+    if d is None:  # torch's legacy implicit softmax dim
+        d = 0 if len(src.shape) in (0, 1, 3) else 1
     if src.shape[d] > 1:
         ctx.fix(src.dims[d], f"'{ctx.record.name}' over this axis")
 
@@ -411,6 +439,9 @@ def _pool(ctx: RuleContext) -> None:
         for i in range(len(out.shape) - k, len(out.shape)):
             if out.shape[i] > 1:
                 ctx.fix(out.dims[i], "spatial axis")
+    for i in range(len(src.shape) - k, len(src.shape)):
+        if src.shape[i] > 1:
+            ctx.fix(src.dims[i], f"axis pooled by '{name}'")
 
 
 @register_op(names=["glu"])
@@ -456,6 +487,8 @@ def _matmul(ctx: RuleContext) -> None:
         _free(ctx, a, -2, out.dim(-2 if len(b.shape) > 1 else -1))
     if len(b.shape) > 1:
         _free(ctx, b, -1, out.dim(-1))
+        if b.param is not None and a.param is None:  # x @ self.W: name the output axis after the parameter
+            ctx.produces(out.dim(-1), key=b.param)
     nb = len(out.shape) - (2 if len(a.shape) > 1 and len(b.shape) > 1 else 1)
     for v in (a, b):
         batch = len(v.shape) - 2

@@ -64,7 +64,8 @@ class Planner:
                     f"activation follows the width of the layer before it: name that layer). Keys: "
                     f"{sorted(self.c.producer_keys)[:12]}"
                 )
-            close = difflib.get_close_matches(key, list(self.c.producer_keys) + names, n=5, cutoff=0.5)
+            candidates = list(dict.fromkeys([*self.c.producer_keys, *names]))
+            close = difflib.get_close_matches(key, candidates, n=5, cutoff=0.5)
             raise KeyError(f"no module named '{key}' in the model; close matches: {close or 'none'}")
         if len(spaces) > 1:
             raise ValueError(f"'{key}' produces several dimensions; name the parameter instead (e.g. '{key}.weight')")

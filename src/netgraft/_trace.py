@@ -100,6 +100,7 @@ class Trace:
         self.values: dict[int, tuple[torch.Tensor, Value]] = {}
         self.module_stack: list[str] = []
         self.output_tensors: list[torch.Tensor] = []
+        self.prefix_uses: list[tuple[Space, int, str]] = []  # (axis, n, where): code reads the first n units
 
     # -- values ---------------------------------------------------------------------------------------------
     def param_value(self, name: str, t: torch.Tensor) -> Value:
@@ -238,6 +239,11 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
         if name is None or active_leaf:  # not part of the model, or inside a layer traced as one op
             return
         tr.module_stack.append(name)
+        if isinstance(module, torch.jit.ScriptModule):  # its ops run in TorchScript, invisible to the trace
+            for t in _flat_tensors(args):
+                for s in tr.value_of(t, name).dims:
+                    if s.size > 1:
+                        sp.block(s, f"input of the TorchScript module '{name}' (its ops cannot be traced)")
         if layer_rule_for(module) is not None:
             active_leaf.append((module, list(args)))
             rec.suppress += 1
@@ -264,6 +270,11 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
             try:
                 out = call_model(model, example_inputs)
             except Exception as err:
+                from .errors import EXTENSION_HINT, UnsupportedModelError
+                from .registry import RuleFailure
+
+                if isinstance(err, RuleFailure):
+                    raise UnsupportedModelError(f"{err}. A rule can be replaced: {EXTENSION_HINT}") from err
                 raise ValueError(
                     f"the model failed on example_inputs while netgraft traced it ({type(err).__name__}: "
                     f"{str(err)[:300]}); pass inputs the model accepts (a tuple of tensors or a dict of keyword inputs)"

@@ -278,7 +278,10 @@ def dispatch_op(trace: Trace, func: Any, args: tuple, kwargs: dict, out: Any) ->
     trace.ops.append(record)
     ctx = RuleContext(trace, record, args, kwargs, None)
     ctx._by_id = by_id
-    (rule or _unsupported)(ctx)
+    try:
+        (rule or _unsupported)(ctx)
+    except Exception as err:  # a rule's own failure must not read as the user's model failing
+        raise RuleFailure(f"the rule for {record.where()} failed ({type(err).__name__}: {err})") from err
     if name in _ALIAS_OPS and record.inputs and record.inputs[0].param is not None:
         _alias(record.inputs[0], record.outputs[0])
 
@@ -328,6 +331,10 @@ def run_layer_rule(trace: Trace, rule: Rule, module: nn.Module, name: str, args:
     ctx = RuleContext(trace, record, tuple(args), {}, module)
     ctx._by_id = by_id
     rule(ctx)
+
+
+class RuleFailure(Exception):
+    """Raised when a rule itself breaks while tracing; turned into UnsupportedModelError by the tracer."""
 
 
 def _IGNORE(ctx: RuleContext) -> None:  # noqa: N802 - sentinel rule
