@@ -258,3 +258,27 @@ def test_numpy_sizes_and_parameter_tags() -> None:
     m[0].weight._no_weight_decay = True
     wide = netgraft.widen(m, {"0": np.int64(7)}, example_inputs=(torch.randn(2, 3),))
     assert wide[0].out_features == 7 and getattr(wide[0].weight, "_no_weight_decay", False)
+
+
+class MHADiscardedWeights(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = _lin(5, 12)
+        self.m = nn.MultiheadAttention(12, 3, batch_first=True)
+        self.out = _lin(12, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        a, _ = self.m(h, h, h)  # need_weights=True by default; the averaged weights are thrown away
+        return self.out(a + h)
+
+
+def test_discarded_attention_weights_do_not_force_uniform_heads() -> None:
+    torch.manual_seed(0)
+    m = MHADiscardedWeights()
+    x = (torch.randn(2, 4, 5),)
+    wide = netgraft.widen(m, {"inp": 16}, example_inputs=x, seed=0, noise=0.1)  # 3 -> 4 heads: not uniform
+    assert wide.m.num_heads == 4 and wide.m.head_dim == 4
+    assert_exact(m, wide, x)
+    with pytest.raises(ValueError, match="Valid sizes"):
+        netgraft.widen(m, {"inp": 14}, example_inputs=x)  # not a whole number of heads

@@ -108,6 +108,11 @@ class Coupling:
 
     def __init__(self, trace: Trace):
         self.trace = trace
+        outputs = {id(v) for v in trace.outputs}
+        for value, space, reason in trace.uniform_if_used:
+            if value.consumers or id(value) in outputs:
+                sp.require_uniform(space, reason)
+                trace.constrained.append(space)
         roots: dict[int, Space] = {}
         for dims in trace.param_dims.values():
             for s in dims:

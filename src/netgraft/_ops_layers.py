@@ -269,8 +269,10 @@ def _mha(ctx: RuleContext) -> None:
     ctx.produces(out.dim(-1), key=f"{ctx.record.module}.out_proj")
     ctx.produces(heads, key=f"{ctx.record.module}:heads")  # heads follow embed_dim; named for groups()
     if a["need_weights"] is not False and len(ctx.outputs) > 1:
-        if a["average_attn_weights"] is not False:
-            ctx.uniform(heads, "MultiheadAttention returns attention weights averaged over heads")
+        if a["average_attn_weights"] is not False:  # only binding if the averaged weights are used at all
+            ctx.trace.uniform_if_used.append((ctx.outputs[1], heads,
+                                              f"MultiheadAttention returns attention weights averaged over heads "
+                                              f"({ctx.where()})"))
         else:
             ctx.same(ctx.outputs[1].dim(-3), heads)
     if isinstance(_module(ctx), nn.MultiheadAttention):

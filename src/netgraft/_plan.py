@@ -98,6 +98,10 @@ class Planner:
             )
         if g.leaf.id in self.sizes and self.sizes[g.leaf.id] != new:
             raise ValueError(f"conflicting sizes for {_describe(g)}: {self.sizes[g.leaf.id] * unit} and {total}")
+        try:
+            self.propagate({**self.sizes, g.leaf.id: new})
+        except ValueError as err:
+            raise ValueError(f"'{key}' cannot be {total}: {err}. Valid sizes: {self.valid_totals(g, unit)}") from err
         self.sizes[g.leaf.id] = new
 
     def valid_totals(self, g: Group, unit: int, count: int = 5) -> list[int]:

@@ -101,6 +101,7 @@ class Trace:
         self.module_stack: list[str] = []
         self.output_tensors: list[torch.Tensor] = []
         self.prefix_uses: list[tuple[Space, int, str]] = []  # (axis, n, where): code reads the first n units
+        self.uniform_if_used: list[tuple[Value, Space, str]] = []  # constraints that bind only if a value is used
 
     # -- values ---------------------------------------------------------------------------------------------
     def param_value(self, name: str, t: torch.Tensor) -> Value:
