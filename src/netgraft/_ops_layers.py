@@ -15,11 +15,9 @@ from ._trace import COPY, FANIN, Value
 from .registry import RuleContext, register_op
 
 
-def _module(ctx: RuleContext) -> nn.Module | None:
-    try:
-        return ctx.trace.model.get_submodule(ctx.record.module) if ctx.record.module else ctx.trace.model
-    except AttributeError:
-        return None
+def _holds(module: nn.Module | None, tensor: object) -> bool:
+    """True when `module` itself (not a child) registers `tensor` as a parameter or buffer."""
+    return module is not None and any(t is tensor for t in (*module._parameters.values(), *module._buffers.values()))
 
 
 def _owner(ctx: RuleContext, cls: type | tuple[type, ...], *values: Value | None) -> str | None:
@@ -27,9 +25,8 @@ def _owner(ctx: RuleContext, cls: type | tuple[type, ...], *values: Value | None
     from their names, so calling `.forward` directly or reusing `other.weight` still updates `other`), else the
     module whose forward runs the op."""
     params = [ctx.trace.tensors_by_name[v.param] for v in values if v is not None and v.param is not None]
-    current = _module(ctx)
-    if isinstance(current, cls) and (not params or any(
-            any(t is p for t in (*current._parameters.values(), *current._buffers.values())) for p in params)):
+    current = ctx.running_module()
+    if isinstance(current, cls) and (not params or any(_holds(current, p) for p in params)):
         return ctx.record.module  # the module running the op holds the parameter (also when it is tied)
     for v in values:
         if v is not None and v.param is not None:
@@ -48,9 +45,7 @@ def _produce(ctx: RuleContext, space: Space, weight: Value | None) -> None:
     if weight is None or weight.param is None:
         ctx.produces(space)
         return
-    t = ctx.trace.tensors_by_name[weight.param]
-    current = _module(ctx)
-    holds = current is not None and any(p is t for p in current._parameters.values())
+    holds = _holds(ctx.running_module(), ctx.trace.tensors_by_name[weight.param])
     owner, _, leaf = weight.param.rpartition(".")
     ctx.produces(space, key=ctx.record.module if holds else (owner or ctx.record.module))
     if leaf != "weight":
@@ -112,7 +107,7 @@ def _conv(ctx: RuleContext, transposed: bool) -> None:
             ctx.set_attr("groups", cin, module=owner)
     elif not transposed:  # grouped: the groups stay, each group's channels grow alike
         gin = ctx.split(cin, [groups, cin.size // groups], f"groups={groups}")
-        ctx.fix(gin[0], f"{type(_module(ctx)).__name__} '{ctx.record.module}' has groups={groups}")
+        ctx.fix(gin[0], f"{type(ctx.running_module()).__name__} '{ctx.record.module}' has groups={groups}")
         ctx.fan_in(w, 1, gin[1])
         gout = ctx.split(w.dim(0), [groups, w.shape[0] // groups], f"groups={groups}")
         ctx.same(gout[0], gin[0])
@@ -275,7 +270,7 @@ def _mha(ctx: RuleContext) -> None:
                                               f"({ctx.where()})"))
         else:
             ctx.same(ctx.outputs[1].dim(-3), heads)
-    if isinstance(_module(ctx), nn.MultiheadAttention):
+    if isinstance(ctx.running_module(), nn.MultiheadAttention):
         ctx.set_attr("embed_dim", q.dim(-1))
         ctx.set_attr("kdim", k.dim(-1))
         ctx.set_attr("vdim", v.dim(-1))

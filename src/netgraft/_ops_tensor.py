@@ -104,8 +104,7 @@ def _reshape(ctx: RuleContext) -> None:
     src, out = ctx.value(ctx.args[0]), ctx.outputs[0]
     couple_reshape(ctx, src, out)
     if ctx.record.name == "unflatten":  # nn.Unflatten stores the sizes it splits into: they follow the axes
-        module = ctx.trace.model.get_submodule(ctx.record.module) if ctx.record.module else ctx.trace.model
-        if isinstance(module, torch.nn.Unflatten):
+        if isinstance(ctx.running_module(), torch.nn.Unflatten):
             d = ctx.arg(1, "dim") % len(src.shape)
             k = len(out.shape) - len(src.shape) + 1
             ctx.set_attr("unflattened_size", tuple(out.dims[d:d + k]))

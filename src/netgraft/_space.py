@@ -97,7 +97,8 @@ def union(a: Space, b: Space, origin: str = "") -> Space:
         if fa is not None and fb is not None:
             for x, y in zip(fa, fb, strict=True):
                 union(x, y, origin)
-            _absorb(find(ra), find(rb)) if find(ra) is not find(rb) else None
+            if find(ra) is not find(rb):
+                _absorb(find(ra), find(rb))
             return find(ra)
     elif ra.kind == "sum" and rb.kind == "sum" and [p.size for p in ra.parts] == [p.size for p in rb.parts]:
         pairs = list(zip(ra.parts, rb.parts, strict=True))

@@ -225,8 +225,6 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
 
     tr = Trace(model)
     rec = _Recorder(tr)
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
     for t in _flat_tensors(example_inputs):
         v = tr.new_value(t, origin="model input")
         for i, s in enumerate(v.dims):

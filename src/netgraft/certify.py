@@ -81,15 +81,11 @@ def check_preserved(a: nn.Module, b: nn.Module, example_inputs: Any, *, train: b
         >>> netgraft.check_preserved(m, wide, (x,)).passed
         True
     """
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
     return compare_outputs(_run(a, example_inputs, train, 0), b, example_inputs, train=train)
 
 
 def compare_outputs(ya: list[torch.Tensor], b: nn.Module, example_inputs: Any, *, train: bool = False) -> Certificate:
     """Certificate of model `b` against reference outputs `ya` (e.g. the source's outputs recorded while tracing)."""
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
     yb = _run(b, example_inputs, train, 0)
     if len(ya) != len(yb) or any(x.shape != y.shape for x, y in zip(ya, yb, strict=False)):
         shapes = ([tuple(x.shape) for x in ya], [tuple(y.shape) for y in yb])

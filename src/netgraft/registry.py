@@ -132,9 +132,12 @@ class RuleContext:
     def outputs(self) -> list[Value]:
         return self.record.outputs
 
-    @property
-    def name(self) -> str:
-        return self.record.module
+    def running_module(self) -> nn.Module | None:
+        """The module whose forward runs this op (None if it is not part of the model)."""
+        try:
+            return self.trace.model.get_submodule(self.record.module) if self.record.module else self.trace.model
+        except AttributeError:
+            return None
 
     def where(self) -> str:
         return self.record.where()
