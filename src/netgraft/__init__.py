@@ -2,13 +2,17 @@
 
 Public API:
     widen(model, widths, *, example_inputs, noise=0.0, seed=None) -> wider copy computing the same function
+    deepen(model, after, *, example_inputs, data=None, kind="auto") -> deeper copy computing the same function
+    set_gates_ / fold_gates -> ramp in, then remove, the gates of inserted post-norm blocks
     groups(model, example_inputs) -> table of coupled dimensions
     check_preserved(a, b, example_inputs) -> Certificate (max output difference)
     register_op / register_layer / RuleContext -> extension point for custom ops and layers
 """
 
 from .certify import Certificate, check_preserved
+from .deepen import DeepenReport, Insertion, deepen
 from .errors import NotPreservedError, UnsupportedModelError
+from .inserts import Deepened, GatedBlock, ResidualInsert, fold_gates, set_gates_
 from .registry import RuleContext, register_layer, register_op, unregister_layer
 from .widen import Group, GroupTable, WidenReport, groups, widen
 
@@ -16,6 +20,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Certificate",
+    "DeepenReport",
+    "Deepened",
+    "GatedBlock",
+    "Insertion",
+    "ResidualInsert",
+    "deepen",
+    "fold_gates",
+    "set_gates_",
     "Group",
     "GroupTable",
     "NotPreservedError",

@@ -47,9 +47,30 @@ class OpRecord:
     inputs: list[Value]
     outputs: list[Value]
     roles: list[tuple[str, int, str]] = field(default_factory=list)  # (param, axis, role) set by this op
+    # Top-level arguments as the op received them, tensors replaced by their `Value`s (deepen reads an activation's
+    # bounds, a linear's weight and bias through these; nested tensors - torch.cat's list - are left out).
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
 
     def where(self) -> str:
         return f"op '{self.name}' in module '{self.module or '<root>'}'"
+
+    def arg(self, index: int, name: str, default: Any = None) -> Any:
+        """Argument `index` (positional) or `name` (keyword), else `default`."""
+        if index < len(self.args):
+            return self.args[index]
+        return self.kwargs.get(name, default)
+
+
+@dataclass(eq=False)
+class ModuleCall:
+    """One call of a module during the trace: the values it received and returned (None: not a traced tensor)."""
+
+    path: str
+    module: nn.Module
+    inputs: list[Value | None]
+    outputs: list[Value | None]
+    output_is_tensor: bool
 
 
 @dataclass
@@ -95,6 +116,7 @@ class Trace:
         self.constrained: list[Space] = []  # spaces given constraints (composites may be referenced nowhere else)
         self.attrs: list[AttrSetter] = []
         self.ops: list[OpRecord] = []
+        self.calls: list[ModuleCall] = []  # in the order the calls returned
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
         self.values: dict[int, tuple[torch.Tensor, Value]] = {}
@@ -125,6 +147,14 @@ class Trace:
             if s.size > 1:
                 sp.block(s, f"constant tensor of shape {tuple(t.shape)} used by {where} (not a parameter/buffer)")
         return v
+
+    def peek(self, t: torch.Tensor) -> Value | None:
+        """The value of a tensor already seen (traced, parameter or buffer), without registering a new one."""
+        hit = self.values.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        known = self.tensors.get(id(t))
+        return self.param_value(*known) if known is not None else None
 
     def new_value(self, t: torch.Tensor, origin: str = "") -> Value:
         v = Value(tuple(t.shape), [Space(n, origin=origin) for n in t.shape])
@@ -232,12 +262,14 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
         tr.inputs.append(v)
 
     active_leaf: list[tuple[nn.Module, list]] = []  # the module with a layer rule being traced as one op
+    call_inputs: list[list[Value | None]] = []  # read before the call: an in-place op inside may rebind a tensor
 
     def pre_hook(module: nn.Module, args: tuple) -> None:
         name = tr.module_names.get(id(module))
         if name is None or active_leaf:  # not part of the model, or inside a layer traced as one op
             return
         tr.module_stack.append(name)
+        call_inputs.append([tr.peek(t) for t in _flat_tensors(args)])
         if isinstance(module, torch.jit.ScriptModule):  # its ops run in TorchScript, invisible to the trace
             for t in _flat_tensors(args):
                 for s in tr.value_of(t, name).dims:
@@ -261,6 +293,8 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
             run_layer_rule(tr, layer_rule_for(module), module, name, leaf_args, output)
         if tr.module_stack and tr.module_stack[-1] == name:
             tr.module_stack.pop()
+            outs = [tr.peek(t) for t in flat_outputs(output)]
+            tr.calls.append(ModuleCall(name, module, call_inputs.pop(), outs, isinstance(output, torch.Tensor)))
 
     h1 = nn.modules.module.register_module_forward_pre_hook(pre_hook)
     h2 = nn.modules.module.register_module_forward_hook(post_hook)

@@ -273,6 +273,8 @@ def dispatch_op(trace: Trace, func: Any, args: tuple, kwargs: dict, out: Any) ->
         if id(t) not in by_id:
             by_id[id(t)] = trace.value_of(t, record.where())
     record.inputs = [by_id[id(t)] for t in ins]
+    record.args = tuple(by_id[id(a)] if isinstance(a, torch.Tensor) else a for a in args)
+    record.kwargs = {k: by_id[id(a)] if isinstance(a, torch.Tensor) else a for k, a in kwargs.items()}
     for v in record.inputs:
         v.consumers.append(record)
     record.outputs = [trace.new_value(t, origin=record.where()) for t in outs]
@@ -329,7 +331,12 @@ def run_layer_rule(trace: Trace, rule: Rule, module: nn.Module, name: str, args:
     for t in [*module.parameters(recurse=True), *module.buffers(recurse=True)]:
         by_id.setdefault(id(t), trace.value_of(t, record.where()))
     record.inputs = [by_id[id(t)] for t in ins]
+    record.args = tuple(by_id[id(a)] if isinstance(a, torch.Tensor) else a for a in args)
+    for v in record.inputs:
+        v.consumers.append(record)
     record.outputs = [trace.new_value(t, origin=record.where()) for t in outs]
+    for v in record.outputs:
+        v.producer = record
     trace.ops.append(record)
     ctx = RuleContext(trace, record, tuple(args), {}, module)
     ctx._by_id = by_id
