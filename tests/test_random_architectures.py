@@ -34,3 +34,25 @@ def test_random_architectures_float32(pair) -> None:
     cert = assert_exact(model, wide, inputs)
     assert cert.dtype == "float32"
     assert torch.isfinite(torch.tensor(cert.max_abs))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(pair=random_models(), pick=st.integers(0, 10_000),
+       kind=st.sampled_from(["auto", "auto", "identity", "residual", "block", "copy"]))
+def test_random_architectures_deepen_exactly_or_refuse(pair, pick: int, kind: str) -> None:
+    model, inputs = pair
+    model, inputs = model.double(), to_double(inputs)
+    paths = [n for n, _ in model.named_modules() if n]
+    path = paths[pick % len(paths)]
+    before = snapshot(model)
+    try:
+        deep = netgraft.deepen(model, path, example_inputs=inputs, kind=kind, seed=0)
+    except (netgraft.UnsupportedModelError, ValueError) as err:
+        assert "deepen" in str(err)  # refused with a named reason
+        assert_unchanged(model, before)
+        return
+    assert_unchanged(model, before)
+    assert_exact(model, deep, inputs)
+    if not any("BatchNorm +" in i.note for i in deep.netgraft_report.insertions):
+        assert_exact(model, deep, inputs, train=True)  # zeroed branches and gates are exact in train mode too
+    assert n_params(deep) > n_params(model)

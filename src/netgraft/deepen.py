@@ -140,7 +140,7 @@ def _template(tr: Trace, model: nn.Module, call: ModuleCall) -> ModuleCall:
                 and c.outputs[0] is not None and keeps_shape(c):
             return c
     inp = call.inputs[0].shape if call.inputs and call.inputs[0] is not None else "?"
-    raise UnsupportedModelError(f"deepen: block '{call.path}' ({type(call.module).__name__}) maps shape {inp} to "
+    raise UnsupportedModelError(f"deepen: module '{call.path}' ({type(call.module).__name__}) maps shape {inp} to "
                                 f"{call.outputs[0].shape}, so a copy of it cannot follow it, and no block of that type "
                                 f"in '{parent or '<root>'}' keeps the shape; use kind='residual'")
 
@@ -156,6 +156,9 @@ def _plan_one(tr: Trace, model: nn.Module, path: str, kind: str) -> _Planned:
         kind = "residual"
     if kind in ("block", "copy"):
         template = _template(tr, model, call)
+        if not any(True for _ in template.module.parameters()):
+            raise UnsupportedModelError(f"deepen: '{template.path}' ({type(template.module).__name__}) has no "
+                                        f"parameters, so a copy of it adds nothing; use kind='residual'")
         built = block_insert(template.module, template.path, zero_plan(template, value), fresh=kind == "block")
         return _Planned(path, kind, path, built, pass_args=True)
     if kind == "identity":
@@ -246,7 +249,7 @@ def _batches(data: Iterable, example_inputs: Any) -> Iterable:
 
 @torch.no_grad()
 def _calibrate(model: nn.Module, bns: list[tuple[nn.Module, bool]], data: Iterable, example_inputs: Any) -> int:
-    """Measure each inserted BatchNorm's input statistics on `data` (eval mode); identity BNs then undo them."""
+    """Measure each inserted BatchNorm's input statistics on `data`; identity BNs then undo them."""
     stats: dict[int, list] = {id(bn): [0, 0.0, 0.0] for bn, _ in bns}
 
     def hook(bn: nn.Module, args: tuple) -> None:
@@ -256,12 +259,17 @@ def _calibrate(model: nn.Module, bns: list[tuple[nn.Module, bool]], data: Iterab
 
     handles = [bn.register_forward_pre_hook(hook) for bn, _ in bns]
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    # Measured as training will see it: the model's own BatchNorms use batch statistics (their running statistics are
+    # restored after), while the inserted ones stay identities in eval mode so that they pass values on unchanged.
+    model.train()
+    for bn, _ in bns:
+        bn.eval()
     batches = 0
     try:
-        for batch in _batches(data, example_inputs):
-            call_model(model, batch)
-            batches += 1
+        with preserve_buffers(model):
+            for batch in _batches(data, example_inputs):
+                call_model(model, batch)
+                batches += 1
     finally:
         for h in handles:
             h.remove()
@@ -379,34 +387,39 @@ def deepen(
 
 def _assemble(model: nn.Module, plans: list[_Planned], example_inputs: Any, dtype: torch.dtype,
               device: torch.device) -> tuple[nn.Module, list[nn.Module]]:
-    """Place every planned module in a copy of `model`. A module placed in a container that the model's forward
-    does not run exactly once (it indexes a ModuleList, say) is placed again by wrapping its anchor."""
+    """Place every planned module in a copy of `model`, then check the placement by running it: each inserted
+    module must run once and every original module as often as before. A forward that indexes its ModuleList
+    (``self.layers[i]`` for a fixed range) breaks that; those inserts are placed again by wrapping their anchor."""
     for p in plans:
         p.build.module.to(device=device, dtype=dtype)
         for bn, identity in p.build.calibrate:
             if identity:
                 make_identity_bn_(bn)
+    inserted = [p.build.module for p in plans]
+    originals = list(dict(model.named_modules()).values())
+    expected = _call_counts(model, originals, example_inputs)
     wrap: set[int] = set()
     for _ in range(2):
         result = copy.deepcopy(model)
+        copies = list(dict(result.named_modules()).values())
         targets = [result.get_submodule(p.point) if p.point else result for p in plans]
         for i, (p, target) in enumerate(zip(plans, targets, strict=True)):
             result = _place(result, target, p.build.module, p.pass_args, wrap=i in wrap or not p.chained)
-        inserted = [p.build.module for p in plans]
         try:
-            counts = _call_counts(result, inserted, example_inputs)
+            counts = _call_counts(result, inserted + copies, example_inputs)
         except Exception as err:  # a traced model that ran must run with identities inserted: say where it broke
             anchors = [p.anchor for p in plans]
             raise UnsupportedModelError(f"deepen: the model fails to run with the inserted modules "
                                         f"({type(err).__name__}: {str(err)[:300]}); anchors: {anchors}") from err
-        bad = {i for i, c in enumerate(counts) if c != 1}
+        bad = {i for i, c in enumerate(counts[:len(plans)]) if c != 1}
+        if counts[len(plans):] != expected:
+            bad |= {i for i, p in enumerate(plans) if p.chained}
         if not bad - wrap:
             break
         wrap |= bad
-    still = [f"'{plans[i].anchor}' ran {counts[i]} times" for i in sorted(bad)]
-    if still:
-        raise UnsupportedModelError(f"deepen: an inserted module does not run exactly once per forward: "
-                                    f"{'; '.join(still)}")
+    if bad:
+        raise UnsupportedModelError("deepen: inserted modules do not run exactly once, right after their anchor, "
+                                    f"in the model's forward: {[plans[i].anchor for i in sorted(bad)]}")
     return result, inserted
 
 
