@@ -1,4 +1,4 @@
-"""netgraft demo: train a small CNN on real data, widen it 2x exactly, and keep training it.
+"""netgraft demo: train a small CNN on real data, widen it 2x and deepen it exactly, and keep training it.
 
 Run with ``make demo`` (or ``.venv/bin/python scripts/demo.py``). Offline, CPU only, deterministic.
 
@@ -6,12 +6,15 @@ Steps:
     1. load scikit-learn's bundled 8x8 digits (no download), fixed stratified split, standardise;
     2. train a small CNN and report its validation accuracy;
     3. ``netgraft.widen`` it 2x: every hidden width doubles, the function (and the accuracy) stays the same;
-    4. train the widened model and the same wide architecture from scratch with the same recipe;
-    5. compare them in a table and a plot (``demo_out/demo_widen.png``).
+    4. ``netgraft.deepen`` it: Net2Net identity layers after conv2 and fc1 (BatchNorm calibrated on training
+       data), again the same function;
+    5. train the grown model and the same wide and deep architecture from scratch with the same recipe;
+    6. compare them in a table and a plot (``demo_out/demo_grow.png``).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ from tqdm import tqdm  # noqa: E402
 import netgraft  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PLOT_PATH = REPO / "demo_out" / "demo_widen.png"
+PLOT_PATH = REPO / "demo_out" / "demo_grow.png"
 
 SEED = 0
 VAL_FRACTION = 0.25
@@ -46,6 +49,7 @@ EVAL_EVERY = 5  # steps between validation measurements (the points of the curve
 SMALL_WIDTHS = {"c1": 8, "c2": 16, "hidden": 64}
 FACTOR = 2.0
 NOISE = 0.05  # breaks the symmetry between replicated units without changing the function
+DEEPEN_AFTER = ["conv2", "fc1"]  # each gets an identity layer (+ its ReLU) right after its activation
 
 
 @dataclass
@@ -94,6 +98,15 @@ class DigitsCNN(nn.Module):
         x = F.relu(self.bn2(self.conv2(x)))
         x = F.max_pool2d(x, 2).flatten(1)
         return self.fc2(F.relu(self.fc1(x)))
+
+
+def reinitialised(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every layer's PyTorch default init (BatchNorm statistics reset too)."""
+    fresh = copy.deepcopy(model)
+    for m in fresh.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return fresh
 
 
 def heading(title: str) -> None:
@@ -183,25 +196,25 @@ def values_at(curves: list[Curve], step: int, metric: str) -> np.ndarray:
 def plot(pre: Curve, grown: list[Curve], scratch: list[Curve], path: Path) -> None:
     """Validation accuracy and loss against steps (mean line, min-max band over the runs).
 
-    The small model's training is drawn at negative steps, so step 0 is the moment of widening.
+    The small model's training is drawn at negative steps, so step 0 is the moment of growing.
     """
     pre_x = [s - pre.steps[-1] for s in pre.steps]
     steps = grown[0].steps  # every run measures at the same steps
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, metric, label in ((axes[0], "acc", "validation accuracy"), (axes[1], "loss", "validation loss")):
-        ax.plot(pre_x, getattr(pre, metric), color="0.45", label="small model (before widening)")
-        for curves, color, name in ((grown, "tab:blue", f"widened {FACTOR:g}x with netgraft"),
-                                    (scratch, "tab:orange", "same wide net from scratch")):
+        ax.plot(pre_x, getattr(pre, metric), color="0.45", label="small model (before growing)")
+        for curves, color, name in ((grown, "tab:blue", f"widened {FACTOR:g}x + deepened with netgraft"),
+                                    (scratch, "tab:orange", "same wide, deep net from scratch")):
             values = np.array([getattr(c, metric) for c in curves])
             ax.plot(steps, values.mean(0), color=color, label=f"{name} (mean of {len(curves)})")
             ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, linewidth=0)
         ax.axvline(0, color="0.7", linestyle="--", linewidth=1)
-        ax.set_xlabel("training step (0 = widening)")
+        ax.set_xlabel("training step (0 = growing)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[1].set_yscale("log")  # scratch starts near 2.3 nats: a linear axis would flatten the later steps
     axes[0].legend(loc="center right")  # lower right would hide the scratch curve's rise
-    fig.suptitle("netgraft.widen on 8x8 digits: keep training the grown net vs. the wide net from scratch")
+    fig.suptitle("netgraft.widen + deepen on 8x8 digits: keep training the grown net vs. the same net from scratch")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -232,7 +245,7 @@ def print_results(small_acc: float, grown: list[Curve], scratch: list[Curve]) ->
 
 
 def main() -> None:
-    """Run the five steps and write the plot."""
+    """Run the six steps and write the plot."""
     t_start = time.perf_counter()
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # sized for a 2-core machine; also aids repeatability
     torch.use_deterministic_algorithms(True)
@@ -271,27 +284,40 @@ def main() -> None:
           f"accuracy {small_acc:.4f} -> {grown_acc:.4f}, loss {small_loss:.6f} -> {grown_loss:.6f}")
     assert val_cert.passed, f"not preserved on validation data: {val_cert}"
 
-    heading("4. Keep training the widened model vs. the same wide architecture from scratch")
-    wide_widths = {k: int(v * FACTOR) for k, v in SMALL_WIDTHS.items()}
-    grown_shapes = [tuple(p.shape) for p in grown.parameters()]
-    scratch_shapes = [tuple(p.shape) for p in DigitsCNN(**wide_widths).parameters()]
-    assert grown_shapes == scratch_shapes, f"architectures differ: {grown_shapes} vs {scratch_shapes}"
-    print(f"scratch: DigitsCNN({', '.join(f'{k}={v}' for k, v in wide_widths.items())}) with default PyTorch "
-          f"init; same {len(scratch_shapes)} parameter shapes as the widened model: yes")
+    heading("4. Deepen it with netgraft.deepen (function-preserving)")
+    calibration = [data.x_train[i:i + 256] for i in range(0, len(data.x_train), 256)]
+    t0 = time.perf_counter()
+    deep = netgraft.deepen(grown, DEEPEN_AFTER, example_inputs=(x_batch,), data=calibration, seed=SEED)
+    t_deepen = time.perf_counter() - t0
+    print(deep.netgraft_report)
+    print(f"parameters: {n_params(grown):,} -> {n_params(deep):,} (deepen took {t_deepen * 1e3:.0f} ms, "
+          f"BatchNorm statistics from {len(calibration)} training batches)")
+    assert deep.netgraft_certificate.passed, deep.netgraft_certificate
+    deep_acc, deep_loss = evaluate(deep, data)
+    val_cert = netgraft.check_preserved(small, deep, (data.x_val,))
+    print(f"small -> widened -> deepened on the {len(data.x_val)} validation images: max |delta logits| = "
+          f"{val_cert.max_abs:.3g}, accuracy {small_acc:.4f} -> {deep_acc:.4f}, loss {small_loss:.6f} -> "
+          f"{deep_loss:.6f}")
+    assert val_cert.passed, f"not preserved on validation data: {val_cert}"
+    print(deep)
+
+    heading("5. Keep training the grown model vs. the same wide and deep architecture from scratch")
+    print("scratch: the grown architecture (same modules, same parameter shapes) re-initialised with PyTorch's "
+          "default init")
     print(f"both: Adam lr {LR:g}, batch {BATCH_SIZE}, {GROW_EPOCHS} epochs, the same batch order; "
-          f"{RUNS} runs (the widen seed, the scratch init and the batch order change per run)")
+          f"{RUNS} runs (the widen/deepen seed, the scratch init and the batch order change per run)")
     grown_curves: list[Curve] = []
     scratch_curves: list[Curve] = []
     t_grown = t_scratch = 0.0
     for run in range(RUNS):
-        if run > 0:  # run 0 trains the model widened above; later runs use other replication maps and noise
-            grown = netgraft.widen(small, FACTOR, example_inputs=(x_batch,), noise=NOISE, seed=SEED + run)
-            assert grown.netgraft_certificate.passed, grown.netgraft_certificate
+        if run > 0:  # run 0 trains the model grown above; later runs use other replication maps and noise
+            wide = netgraft.widen(small, FACTOR, example_inputs=(x_batch,), noise=NOISE, seed=SEED + run)
+            deep = netgraft.deepen(wide, DEEPEN_AFTER, example_inputs=(x_batch,), data=calibration, seed=SEED + run)
         torch.manual_seed(SEED + 100 + run)  # an init unrelated to the small model's
-        scratch = DigitsCNN(**wide_widths)
+        scratch = reinitialised(deep)
         order_seed = SEED + 200 + run
         t0 = time.perf_counter()
-        grown_curves.append(train(grown, data, GROW_EPOCHS, seed=order_seed, desc=f"grown {run + 1}/{RUNS}"))
+        grown_curves.append(train(deep, data, GROW_EPOCHS, seed=order_seed, desc=f"grown {run + 1}/{RUNS}"))
         t_grown += time.perf_counter() - t0
         t0 = time.perf_counter()
         scratch_curves.append(
@@ -299,7 +325,7 @@ def main() -> None:
         t_scratch += time.perf_counter() - t0
     print(f"training time over {RUNS} runs: grown {t_grown:.1f} s, scratch {t_scratch:.1f} s")
 
-    heading("5. Results")
+    heading("6. Results")
     print_results(small_acc, grown_curves, scratch_curves)
     plot(pre, grown_curves, scratch_curves, PLOT_PATH)
     print(f"\nplot: {PLOT_PATH.relative_to(REPO)}")

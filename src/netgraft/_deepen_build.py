@@ -66,7 +66,7 @@ def identity_layer(form: IdentityForm, value: Value, hood: Neighbourhood, where:
     if layer is None:
         raise UnsupportedModelError(f"deepen: no Linear or Conv feeds {where}, so there is no layer to make an "
                                     f"identity copy of; {alternatives}")
-    use_bn = hood.norm is not None and hood.norm.name == "batch_norm"
+    use_bn = hood.unit_norm is not None and hood.unit_norm.name == "batch_norm"
     if layer.ndim == 0:
         channels = shape[-1]
         new: nn.Module = nn.Linear(channels, channels)
@@ -103,7 +103,7 @@ def identity_layer(form: IdentityForm, value: Value, hood: Neighbourhood, where:
     parts: list[nn.Module] = [new]
     built = Built(nn.Sequential(), [(new.weight, fan_in)])
     if use_bn:
-        bn = _bn_from(hood.norm, channels, nd)
+        bn = _bn_from(hood.unit_norm, channels, nd)
         parts.append(bn)
         built.calibrate.append((bn, True))
     act = activation_module(form.activation)

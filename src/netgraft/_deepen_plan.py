@@ -137,6 +137,7 @@ class Neighbourhood:
     activation: Activation | None
     norm: OpRecord | None
     features_last: bool | None  # None: no layer or norm says where the feature axis is
+    unit_norm: OpRecord | None = None  # a norm between the feeding layer and the point (conv -> BN -> ReLU)
 
 
 def neighbourhood(value: Value) -> Neighbourhood:
@@ -149,7 +150,15 @@ def neighbourhood(value: Value) -> Neighbourhood:
     else:
         axis_op = next((op for op in ops if op.name in _LAST_AXIS_OPS | _FIRST_AXIS_OPS | set(_CONV_OPS)), None)
         last = None if axis_op is None else axis_op.name in _LAST_AXIS_OPS
-    return Neighbourhood(layer, act, norm, last)
+    unit_norm, v = None, value
+    for _ in range(8):  # back along first inputs until the feeding layer
+        op = v.producer
+        if op is None or (layer is not None and op is layer.op) or not op.inputs:
+            break
+        if op.name in _NORMS and unit_norm is None:
+            unit_norm = op
+        v = op.inputs[0]
+    return Neighbourhood(layer, act, norm, last, unit_norm)
 
 
 def image_activation(value: Value, depth: int = 8) -> Activation | None:
