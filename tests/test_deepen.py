@@ -418,6 +418,19 @@ def test_noise_is_approximate_by_request_and_seed_is_deterministic() -> None:
     assert noisy.netgraft_certificate.max_abs > 0
 
 
+def test_inserted_modules_follow_the_model_mode_dtype_and_device() -> None:
+    model, inputs = _zoo("vgg_bn")
+    model.eval()
+    deep = netgraft.deepen(model, ["features.0", "classifier.3"], example_inputs=inputs)
+    for ins in deep.netgraft_report.insertions:
+        new = deep.get_submodule(ins.path)
+        assert not any(m.training for m in new.modules())
+        assert all(p.dtype == torch.float64 for p in new.parameters())
+    model.train()
+    deep = netgraft.deepen(model, "features.0", example_inputs=inputs)
+    assert all(m.training for m in deep.modules())
+
+
 def test_report_text_names_the_insertions() -> None:
     model, inputs = _zoo("resnet18_style")
     deep = netgraft.deepen(model, ["conv1", "layer1.1"], example_inputs=inputs)

@@ -392,6 +392,7 @@ def _assemble(model: nn.Module, plans: list[_Planned], example_inputs: Any, dtyp
     (``self.layers[i]`` for a fixed range) breaks that; those inserts are placed again by wrapping their anchor."""
     for p in plans:
         p.build.module.to(device=device, dtype=dtype)
+        p.build.module.train(model.get_submodule(p.point).training if p.point else model.training)
         for bn, identity in p.build.calibrate:
             if identity:
                 make_identity_bn_(bn)
