@@ -186,9 +186,12 @@ def block_insert(template: nn.Module, template_path: str, plan: ZeroPlan, fresh:
     block = copy.deepcopy(template)
     if fresh:
         fresh_(block)
+    # a fresh block's BatchNorms were reset: they take statistics from data when it is given
+    calibrate = [(m, False) for m in block.modules() if fresh and isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 and m.track_running_stats]
     if not plan.ok:
-        return Built(GatedBlock(block), gated=True, note=f"gated at 0 ({plan.reason})")
-    built = Built(block)
+        return Built(GatedBlock(block), calibrate=calibrate, gated=True, note=f"gated at 0 ({plan.reason})")
+    built = Built(block, calibrate=calibrate)
     named = dict(block.named_parameters(remove_duplicate=False)) | dict(block.named_buffers())
     zeroed = []
     with torch.no_grad():
@@ -199,8 +202,5 @@ def block_insert(template: nn.Module, template_path: str, plan: ZeroPlan, fresh:
             zeroed.append(rel)
             if t.dim() >= 2:
                 built.structural.append((t, t[0].numel()))
-    for m in block.modules():  # a fresh block's BatchNorms want statistics from data too
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and fresh:
-            built.calibrate.append((m, False))
     built.note = f"{'new' if fresh else 'copied'} {type(block).__name__}, zeroed {', '.join(zeroed)}"
     return built
