@@ -4,6 +4,8 @@ Public API:
     widen(model, widths, *, example_inputs, noise=0.0, seed=None) -> wider copy computing the same function
     deepen(model, after, *, example_inputs, data=None, kind="auto") -> deeper copy computing the same function
     set_gates_ / fold_gates -> ramp in, then remove, the gates of inserted post-norm blocks
+    inject(source, target) -> InjectionReport: data-free transfer into a different architecture (TLI)
+    similarity(source, target) -> float in [0, 1]: how much of target the source can seed
     groups(model, example_inputs) -> table of coupled dimensions
     check_preserved(a, b, example_inputs) -> Certificate (max output difference)
     register_op / register_layer / RuleContext -> extension point for custom ops and layers
@@ -12,6 +14,7 @@ Public API:
 from .certify import Certificate, check_preserved
 from .deepen import DeepenReport, Insertion, deepen
 from .errors import NotPreservedError, UnsupportedModelError
+from .inject import InjectionReport, inject, similarity
 from .inserts import Deepened, GatedBlock, ResidualInsert, fold_gates, set_gates_
 from .registry import RuleContext, register_layer, register_op, unregister_layer
 from .widen import Group, GroupTable, WidenReport, groups, widen
@@ -24,6 +27,9 @@ __all__ = [
     "Deepened",
     "GatedBlock",
     "Insertion",
+    "InjectionReport",
+    "inject",
+    "similarity",
     "ResidualInsert",
     "deepen",
     "fold_gates",

@@ -1,0 +1,68 @@
+"""Injection step of `inject` (TLI): turn a source tensor into a target tensor's shape.
+
+Per dimension, a *centre crop* when the source is larger and a *centre placement* when it is smaller (the target keeps
+its own init around it), mixed with a *linear resize* of the whole source to the target's shape:
+``result = 0.75 * crop_or_place + 0.25 * resize`` (the TLI paper's lambda). Both halves are deterministic functions
+of (source size, target size), so a layer's kept output channels and the next layer's kept input channels are the
+same ones whenever the two layers shrink or grow the same dimension alike. Equal shapes are copied bit for bit.
+Dimensions indexed by identity (an embedding's vocabulary, positions) are aligned at the start and never resized.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LAMBDA = 0.75  # weight of crop/placement against resize (TLI)
+
+
+def _crop_place(src: torch.Tensor, dst: torch.Tensor, prefix_dims: tuple[int, ...]) -> torch.Tensor:
+    out = dst.detach().clone()
+    src_idx, dst_idx = [], []
+    for d, (s, t) in enumerate(zip(src.shape, dst.shape, strict=True)):
+        n = min(s, t)
+        so, to = (0, 0) if d in prefix_dims else ((s - n) // 2, (t - n) // 2)
+        src_idx.append(slice(so, so + n))
+        dst_idx.append(slice(to, to + n))
+    out[tuple(dst_idx)] = src[tuple(src_idx)].to(out.dtype)
+    return out
+
+
+def _interp_dim(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Linear interpolation along `dim` to `size` samples, end points aligned (one sample: the centre)."""
+    s = x.shape[dim]
+    if s == 1:
+        return x.repeat_interleave(size, dim=dim)
+    pos = torch.tensor([(s - 1) / 2]) if size == 1 else torch.linspace(0, s - 1, size, dtype=torch.float64)
+    lo = pos.floor().long().clamp(max=s - 2)
+    frac = (pos - lo).to(x.dtype).to(x.device)
+    view = [1] * x.dim()
+    view[dim] = size
+    a, b = x.index_select(dim, lo.to(x.device)), x.index_select(dim, (lo + 1).to(x.device))
+    return a + (b - a) * frac.view(view)
+
+
+def _resize(src: torch.Tensor, dst: torch.Tensor, prefix_dims: tuple[int, ...]) -> torch.Tensor:
+    x = src.detach()
+    for d, t in enumerate(dst.shape):
+        if x.shape[d] != t and d not in prefix_dims:
+            x = _interp_dim(x, d, t)
+    return _crop_place(x, dst, prefix_dims) if x.shape != dst.shape else x.to(dst.dtype)
+
+
+def transplant(src: torch.Tensor, dst: torch.Tensor, prefix_dims: tuple[int, ...] = ()) -> tuple[torch.Tensor, str]:
+    """`src` reshaped to `dst`'s shape (values of `dst` fill what the source does not cover), and how."""
+    if src.dim() != dst.dim():
+        raise ValueError(f"cannot inject a tensor of shape {tuple(src.shape)} into one of shape {tuple(dst.shape)}")
+    if src.shape == dst.shape:
+        return src.detach().to(dst.dtype).clone(), "copied"
+    a, b = _crop_place(src, dst, prefix_dims), _resize(src, dst, prefix_dims)
+    out = LAMBDA * a + (1 - LAMBDA) * b
+    ops = {"crop" if s > t else "place" for s, t in zip(src.shape, dst.shape, strict=True) if s != t}
+    return out, f"{'+'.join(sorted(ops))} & resize"
+
+
+def split_transplant(src: torch.Tensor, dst: torch.Tensor, parts: int, dim: int) -> tuple[torch.Tensor, str]:
+    """Fused projections (q, k, v stacked along `dim`): each part is injected into its own part."""
+    pieces = [transplant(s, d) for s, d in zip(src.chunk(parts, dim), dst.chunk(parts, dim), strict=True)]
+    how = pieces[0][1] if all(p[1] == pieces[0][1] for p in pieces) else "mixed"
+    return torch.cat([p[0] for p in pieces], dim), f"{how} per q/k/v part"
