@@ -9,7 +9,7 @@ import pytest
 import netgraft
 
 PUBLIC = [netgraft.widen, netgraft.groups, netgraft.check_preserved, netgraft.register_op, netgraft.register_layer,
-          netgraft.deepen, netgraft.set_gates_, netgraft.fold_gates]
+          netgraft.deepen, netgraft.set_gates_, netgraft.fold_gates, netgraft.inject, netgraft.similarity]
 
 
 @pytest.mark.parametrize("func", PUBLIC, ids=lambda f: f.__name__)

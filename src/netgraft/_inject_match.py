@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 MAX_RUN = 6  # longest run of target items one source item may seed
+SKIP_COST = 1e-3  # breaks ties towards using every source layer
 
 
 @dataclass(eq=False)
@@ -95,6 +96,7 @@ def build_tree(model: nn.Module, order: dict[str, int] | None = None) -> Block:
                 block.children.append(node)
         if order:
             block.children.sort(key=lambda n: _first(n, order))
+        block.children = _units(block.children)
         if not block.children:
             return None
         return block.children[0] if len(block.children) == 1 else block
@@ -103,6 +105,37 @@ def build_tree(model: nn.Module, order: dict[str, int] | None = None) -> Block:
     if root is None:
         return Block("")
     return root if isinstance(root, Block) else Block("", [root])
+
+
+_WEIGHT_KINDS = ("linear", "conv", "embedding", "attention")
+
+
+def _units(children: list[Leaf | Block]) -> list[Leaf | Block]:
+    """Group a flat run of layers into units: a weight layer (Linear, Conv, Embedding, attention) with the norms
+    that follow it (conv -> BN). A deeper target then repeats whole units (conv+BN, conv+BN), as in nested blocks."""
+    out: list[Leaf | Block] = []
+    unit: list[Leaf] = []
+
+    def close() -> None:
+        if len(unit) > 1:
+            out.append(Block(unit[0].path, list(unit)))
+        elif unit:
+            out.append(unit[0])
+        unit.clear()
+
+    for c in children:
+        if isinstance(c, Leaf) and (c.kind.startswith(_WEIGHT_KINDS) or not unit):
+            close()
+            unit.append(c)
+        elif isinstance(c, Leaf):
+            unit.append(c)
+        else:
+            close()
+            out.append(c)
+    close()
+    if len(out) == 1 and isinstance(out[0], Block) and len(out[0].children) == len(children):
+        return children  # the whole block is one unit already
+    return out
 
 
 def _first(node: Leaf | Block, order: dict[str, int]) -> int:
@@ -115,27 +148,57 @@ def leaves(node: Leaf | Block) -> list[Leaf]:
     return [node] if isinstance(node, Leaf) else [x for c in node.children for x in leaves(c)]
 
 
-def leaf_score(a: Leaf, b: Leaf) -> float:
-    """Product over dimensions of min(a/b, b/a); 0 for layers of different kinds or ranks."""
+def _ratio(x: float, y: float) -> float:
+    return min(x, y) / max(x, y) if max(x, y) > 0 else 1.0
+
+
+def _channel_dims(leaf: Leaf) -> tuple[int, ...]:
+    """Dimensions that grow with the model's width (not kernels, not an embedding's vocabulary)."""
+    if leaf.kind == "embedding":
+        return (1,)
+    if leaf.kind.startswith(("linear", "conv", "attention")):
+        return (0, 1)
+    return tuple(range(len(leaf.shape)))
+
+
+def leaf_score(a: Leaf, b: Leaf, width_ratio: float = 1.0) -> float:
+    """DPIAT: product over dimensions of min(a/b, b/a); 0 across kinds or ranks. With ``width_ratio`` r != 1 the
+    score is also computed as if `a`'s channel dimensions were r times larger, and the better of the two is kept: a
+    2x-narrower source then matches its own counterpart (score 1) rather than a layer that happens to share one size."""
     if a.kind != b.kind or len(a.shape) != len(b.shape):
         return 0.0
-    score = 1.0
-    for x, y in zip(a.shape, b.shape, strict=True):
-        score *= min(x, y) / max(x, y) if max(x, y) > 0 else 1.0
-    return score
+    plain = math.prod(_ratio(x, y) for x, y in zip(a.shape, b.shape, strict=True))
+    if width_ratio == 1.0:
+        return plain
+    channels = _channel_dims(a)
+    scaled = math.prod(_ratio(x * width_ratio if d in channels else x, y)
+                       for d, (x, y) in enumerate(zip(a.shape, b.shape, strict=True)))
+    return max(plain, scaled)
+
+
+def width_ratio(source: Block, target: Block) -> float:
+    """Typical target width / source width: ratio of the median output widths of their weight layers."""
+    def median_width(tree: Block) -> float:
+        widths = sorted(lf.shape[1] if lf.kind == "embedding" else lf.shape[0] for lf in leaves(tree)
+                        if lf.kind.startswith(_WEIGHT_KINDS))
+        return float(widths[len(widths) // 2]) if widths else 1.0
+
+    return median_width(target) / median_width(source)
 
 
 class Aligner:
     """Memoised DPIAT alignment between the nodes of two trees."""
 
-    def __init__(self) -> None:
+    def __init__(self, width_ratio: float = 1.0) -> None:
+        self.width_ratio = width_ratio
         self._memo: dict[tuple[int, int], tuple[float, list[tuple[Leaf, Leaf]]]] = {}
+        self._aligned: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[float, list[tuple[Leaf, Leaf]]]] = {}
 
     def pair(self, a: Leaf | Block, b: Leaf | Block) -> tuple[float, list[tuple[Leaf, Leaf]]]:
         key = (id(a), id(b))
         if key not in self._memo:
             if isinstance(a, Leaf) and isinstance(b, Leaf):
-                s = leaf_score(a, b)
+                s = leaf_score(a, b, self.width_ratio)
                 self._memo[key] = (s, [(a, b)] if s > 0 else [])
             else:  # a block against a block, or a layer against the layers of a block (nesting may differ)
                 self._memo[key] = self.align(a.children if isinstance(a, Block) else [a],
@@ -143,16 +206,25 @@ class Aligner:
         return self._memo[key]
 
     def align(self, xs: list, ys: list) -> tuple[float, list[tuple[Leaf, Leaf]]]:
+        key = (tuple(map(id, xs)), tuple(map(id, ys)))  # sub-sequences recur in the regrouping moves
+        if key not in self._aligned:
+            self._aligned[key] = self._align(xs, ys)
+        return self._aligned[key]
+
+    def _align(self, xs: list, ys: list) -> tuple[float, list[tuple[Leaf, Leaf]]]:
         n, m = len(xs), len(ys)
         dp = [[0.0] * (m + 1) for _ in range(n + 1)]
         back: list[list[tuple[int, int, int]]] = [[(0, 0, 0)] * (m + 1) for _ in range(n + 1)]
+        # Runs (one source item seeding several target items) only where the target has more items to fill: with
+        # equal counts the shape score alone would prefer stacking a layer over a 2x-narrower but aligned match.
+        max_run = MAX_RUN if m > n else 1
         for i in range(1, n + 1):
             for j in range(1, m + 1):
-                best, how = dp[i - 1][j], (i - 1, j, 0)  # skip source item i
+                best, how = dp[i - 1][j] - SKIP_COST, (i - 1, j, 0)  # skip source item i
                 if dp[i][j - 1] > best:
                     best, how = dp[i][j - 1], (i, j - 1, 0)  # skip target item j
                 total = 0.0
-                for k in range(1, min(MAX_RUN, j) + 1):  # source item i seeds target items j-k+1 .. j
+                for k in range(1, min(max_run, j) + 1):  # source item i seeds target items j-k+1 .. j
                     s = self.pair(xs[i - 1], ys[j - k])[0]
                     if s <= 0:
                         break

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._inject_match import Aligner, Block, Leaf, _conv1d_hf, build_tree, execution_order, leaves
+from ._inject_match import Aligner, Block, Leaf, _conv1d_hf, build_tree, execution_order, leaves, width_ratio
 from ._inject_tensor import split_transplant, transplant
 
 SIMILARITY_THRESHOLD = 0.45  # below it transfer tended to hurt in DPIAT's 67 pairs
@@ -96,6 +96,10 @@ def _fan_in(leaf: Leaf, name: str, t: torch.Tensor) -> int:
     return math.prod(t.shape[1:])
 
 
+def _rms(t: torch.Tensor) -> float:
+    return float(t.detach().double().pow(2).mean().sqrt()) if t.numel() else 0.0
+
+
 def _inject_leaf(src: Leaf, dst: Leaf, score: float) -> list[tuple[torch.Tensor, torch.Tensor, Transfer]]:
     out = []
     for name, t in dst.tensors.items():
@@ -116,7 +120,10 @@ def _inject_leaf(src: Leaf, dst: Leaf, score: float) -> list[tuple[torch.Tensor,
         else:
             new, how = transplant(s_c, t_c, prefix_dims=(0,) if dst.kind == "embedding" else ())
         if how != "copied" and t.dim() >= 2 and dst.kind.startswith(_SCALED_KINDS):
-            factor = math.sqrt(_fan_in(src, name, s) / _fan_in(dst, name, t))
+            # Scale correction: rms(new) = rms(source) * sqrt(fan_in_source / fan_in_target), so that for inputs of
+            # unit variance each output keeps the variance it had in the source (fan_in * rms^2 is unchanged).
+            wanted = _rms(s) * math.sqrt(_fan_in(src, name, s) / _fan_in(dst, name, t))
+            factor = wanted / _rms(new) if _rms(new) > 0 else 1.0
             new = new * factor
             how += f", x{factor:.3g} fan-in scale"
         if hf:
@@ -127,9 +134,11 @@ def _inject_leaf(src: Leaf, dst: Leaf, score: float) -> list[tuple[torch.Tensor,
 
 
 def _align(source: nn.Module, target: nn.Module, example_inputs: Any) -> tuple[Block, Block, float, list]:
+    """Both trees, DPIAT's similarity (plain shape scores) and the matched layer pairs (width-aware scores)."""
     src_tree, tgt_tree = _tree(source, example_inputs), _tree(target, example_inputs)
-    score, pairs = Aligner().pair(src_tree, tgt_tree)
+    score = Aligner().pair(src_tree, tgt_tree)[0]
     best = Aligner().pair(tgt_tree, tgt_tree)[0]
+    pairs = Aligner(width_ratio(src_tree, tgt_tree)).pair(src_tree, tgt_tree)[1]
     return src_tree, tgt_tree, (score / best if best > 0 else 0.0), pairs
 
 
@@ -200,7 +209,12 @@ def inject(
                              "Embedding or attention layer of the same kind and rank on both sides)")
         return InjectionReport(sim, left_at_init=[f"{lf.path}.{n}" for lf in leaves(tgt_tree) for n in lf.tensors])
     aligner = Aligner()
-    writes = [w for s, t in pairs for w in _inject_leaf(s, t, aligner.pair(s, t)[0])]
+    writes, seen = [], set()
+    for s, t in pairs:
+        for w in _inject_leaf(s, t, aligner.pair(s, t)[0]):
+            if id(w[0]) not in seen:  # a tied tensor (GPT-2's lm_head is wte) is written once, by its first layer
+                seen.add(id(w[0]))
+                writes.append(w)
     with torch.no_grad():  # everything was computed first: an error above leaves the target untouched
         for dst, new, _ in writes:
             dst.copy_(new)
