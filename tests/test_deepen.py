@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import assert_exact, assert_unchanged, n_params, snapshot, to_double
 from torch import nn
 from zoo import ZOO, GPTBlock, randomize_batchnorm_stats
@@ -437,3 +438,174 @@ def test_report_text_names_the_insertions() -> None:
     text = str(deep.netgraft_report)
     assert "inserted 2 module(s)" in text and "after 'conv1'" in text and "after 'layer1.1'" in text
     assert "preserved" in text
+
+
+# -- regressions from review: layouts, proofs, fast paths ----------------------------------------------------------
+
+
+class _PatchEmbedViT(nn.Module):
+    """Conv patch embedding -> (N, L, C) tokens -> pre-norm encoder layer -> mean -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, 4)
+        self.layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, norm_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        return self.head(self.layer(tokens).mean(1))
+
+
+class _Tokens(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+
+def test_inserts_use_the_values_own_feature_axis_not_the_nearest_layers() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 16, 4, 4), _Tokens(), nn.LayerNorm(16), nn.Linear(16, 3)).eval()
+    x = (torch.randn(2, 3, 16, 16),)
+    deep = netgraft.deepen(m, "1", example_inputs=x)
+    branch = deep[2].branch
+    assert isinstance(branch[1], nn.Linear) and branch[1].in_features == 16  # features, not the 16 tokens
+    assert_exact(m, deep, (torch.randn(3, 3, 24, 24),))  # other token counts still run, still exact
+    vit = _PatchEmbedViT().eval()
+    with pytest.raises(netgraft.UnsupportedModelError, match="fast path.*'layer'"):
+        netgraft.deepen(vit, "layer.linear1", example_inputs=x)
+
+
+@pytest.mark.parametrize("tail", [nn.AvgPool2d(2, divisor_override=1), nn.Dropout(0.5)])
+def test_identity_needs_values_that_stay_in_the_activations_image(tail: nn.Module) -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU6(), tail, nn.Conv2d(4, 2, 3, padding=1))
+    x = (torch.randn(2, 3, 8, 8),)
+    with pytest.raises(netgraft.UnsupportedModelError, match="no exact identity"):
+        netgraft.deepen(m, "2", example_inputs=x, kind="identity")
+    assert netgraft.deepen(m, "2", example_inputs=x).netgraft_report.insertions[0].kind == "residual"
+
+
+class _Odd(nn.Module):
+    """Residual-looking forms the zeroing proof must refuse."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.form = form
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if self.form == "alpha":
+            return torch.add(h, x, alpha=2.0)
+        if self.form == "scalar":
+            return x + (h + 1.0)
+        if self.form == "divide":
+            return x + h / h.norm(dim=-1, keepdim=True)
+        return x + F.relu(h)  # relu(0) = 0, but no gradient would ever reach fc
+
+
+@pytest.mark.parametrize("form", ["alpha", "scalar", "divide", "relu"])
+def test_zeroing_proof_refuses_unsound_or_dead_forms(form: str) -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 6), _Odd(form), nn.Linear(6, 2)).double()
+    x = (torch.randn(4, 6, dtype=torch.float64),)
+    deep = netgraft.deepen(m, "1", example_inputs=x, kind="copy")
+    assert deep.netgraft_report.insertions[0].gated  # no zeroing proof: exact only behind the gate
+    assert_exact(m, deep, x)
+
+
+def test_anchor_output_that_is_also_a_model_output() -> None:
+    class TwoOut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h = self.fc1(x)
+            return self.fc2(F.relu(h)), h
+
+    torch.manual_seed(0)
+    m, x = TwoOut().double(), (torch.randn(3, 4, dtype=torch.float64),)
+    deep = netgraft.deepen(m, "fc1", example_inputs=x)
+    assert deep.netgraft_report.insertions[0].kind == "residual"  # [ReLU, Linear] would change the returned h
+    assert_exact(m, deep, x)
+
+
+class _ByPosition(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(5, 5) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for layer in self.layers:
+            x = layer(x)
+            outs.append(x)
+        return outs[1] + outs[-1]
+
+
+def test_containers_read_by_position_get_a_wrapper() -> None:
+    torch.manual_seed(0)
+    m, x = _ByPosition().double(), (torch.randn(3, 5, dtype=torch.float64),)
+    deep = netgraft.deepen(m, "layers.0", example_inputs=x, kind="residual")
+    assert len(deep.layers) == 3 and isinstance(deep.layers[0], netgraft.Deepened)
+    assert_exact(m, deep, x)
+
+
+def test_gated_block_whose_first_op_is_inplace() -> None:
+    class Post(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.act, self.fc, self.ln = nn.ReLU(inplace=True), nn.Linear(6, 6), nn.LayerNorm(6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.ln(x + self.fc(self.act(x)))
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), Post(), nn.Linear(6, 2)).double()
+    x = (torch.randn(3, 4, dtype=torch.float64),)
+    deep = netgraft.deepen(m, "1", example_inputs=x, kind="copy")
+    assert deep.netgraft_report.insertions[0].gated
+    assert_exact(m, deep, x)
+
+
+def test_padding_masks_and_fast_paths_certify_against_a_plain_run() -> None:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    enc = nn.TransformerEncoder(layer, 2).eval()
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[1, 5:] = True
+    ex = {"src": torch.randn(3, 7, 16), "src_key_padding_mask": mask}
+    assert netgraft.deepen(enc, "layers.0", example_inputs=ex).netgraft_certificate.passed
+    assert netgraft.widen(enc, 2.0, example_inputs=ex).netgraft_certificate.passed
+    deep = netgraft.deepen(enc, "layers.0", example_inputs=ex, kind="residual")  # kwargs: wrapped, not listed
+    assert isinstance(deep.layers[0], netgraft.Deepened)
+
+
+def test_auto_prefers_a_live_identity_for_non_residual_blocks() -> None:
+    class ConvNormAct(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn, self.act = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4, momentum=None), nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(self.bn(self.conv(x)))
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), ConvNormAct(), nn.Conv2d(4, 2, 1))
+    x = (torch.randn(2, 3, 6, 6),)
+    deep = netgraft.deepen(m, "1", example_inputs=x)
+    ins = deep.netgraft_report.insertions[0]
+    assert ins.kind == "identity" and not ins.gated
+    assert deep[2][1].momentum is None  # the inserted BN keeps the neighbour's cumulative-average setting
+
+
+def test_data_and_noise_arguments_are_checked() -> None:
+    m = _conv_bn_net()
+    x = (torch.randn(4, 3, 8, 8, dtype=torch.float64),)
+    with pytest.raises(TypeError, match="iterable of input batches"):
+        netgraft.deepen(m, "0", example_inputs=x, data=x[0])
+    with pytest.raises(ValueError, match="failed on `data` batch 0"):
+        netgraft.deepen(m, "0", example_inputs=x, data=[torch.randn(4, 5, 8, 8, dtype=torch.float64)])
+    with pytest.raises(ValueError, match="noise"):
+        netgraft.deepen(m, "0", example_inputs=x, noise=True)

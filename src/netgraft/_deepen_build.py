@@ -45,10 +45,14 @@ def activation_module(act: Activation | None) -> nn.Module:
     return simple[act.name]()
 
 
-def _bn_from(op: OpRecord | None, channels: int, nd: int) -> nn.Module:
+def _bn_from(op: OpRecord | None, channels: int, nd: int, model: nn.Module) -> nn.Module:
+    """A BatchNorm like the one `op` ran: eps and momentum from its module (the traced call, made in eval mode,
+    shows momentum 0 for `momentum=None`), else from the op's arguments."""
+    owner = model.get_submodule(op.module) if op is not None else None
+    if isinstance(owner, nn.modules.batchnorm._BatchNorm):
+        return _BN[max(nd, 1)](channels, eps=owner.eps, momentum=owner.momentum)
     eps = float(op.arg(7, "eps", 1e-5)) if op is not None else 1e-5
-    momentum = op.arg(6, "momentum", 0.1) if op is not None else 0.1
-    return _BN[max(nd, 1)](channels, eps=eps, momentum=momentum)
+    return _BN[max(nd, 1)](channels, eps=eps)
 
 
 @torch.no_grad()
@@ -59,7 +63,7 @@ def make_identity_bn_(bn: nn.Module) -> None:
     bn.bias.copy_(bn.running_mean)
 
 
-def identity_layer(form: IdentityForm, value: Value, hood: Neighbourhood, where: str) -> Built:
+def identity_layer(form: IdentityForm, value: Value, hood: Neighbourhood, where: str, model: nn.Module) -> Built:
     """The Net2Net identity layer: identity matrix or per-group Dirac kernel, optional BatchNorm, then phi."""
     layer, shape = hood.layer, value.shape
     alternatives = "use kind='residual' (exact after any layer) or kind='auto'"
@@ -103,7 +107,7 @@ def identity_layer(form: IdentityForm, value: Value, hood: Neighbourhood, where:
     parts: list[nn.Module] = [new]
     built = Built(nn.Sequential(), [(new.weight, fan_in)])
     if use_bn:
-        bn = _bn_from(hood.unit_norm, channels, nd)
+        bn = _bn_from(hood.unit_norm, channels, nd, model)
         parts.append(bn)
         built.calibrate.append((bn, True))
     act = activation_module(form.activation)
@@ -113,7 +117,7 @@ def identity_layer(form: IdentityForm, value: Value, hood: Neighbourhood, where:
     return built
 
 
-def residual_insert(value: Value, hood: Neighbourhood, where: str) -> Built:
+def residual_insert(value: Value, hood: Neighbourhood, where: str, model: nn.Module) -> Built:
     """x + branch(x) with the branch's last layer zeroed: exact after any layer and activation."""
     from .inserts import ResidualInsert
 
@@ -137,7 +141,7 @@ def residual_insert(value: Value, hood: Neighbourhood, where: str) -> Built:
             parts.insert(0, pre_norm)
         built = Built(nn.Module())
         if norm is not None and norm.name == "batch_norm" and len(shape) == 2:
-            bn = _bn_from(norm, channels, 1)
+            bn = _bn_from(norm, channels, 1, model)
             parts.insert(1, bn)
             built.calibrate.append((bn, False))
     else:
@@ -148,7 +152,7 @@ def residual_insert(value: Value, hood: Neighbourhood, where: str) -> Built:
         parts = [first, act, zero]
         built = Built(nn.Module())
         if norm is not None and norm.name == "batch_norm":
-            bn = _bn_from(norm, channels, nd)
+            bn = _bn_from(norm, channels, nd, model)
             parts.insert(1, bn)
             built.calibrate.append((bn, False))
         elif norm is not None and norm.name == "group_norm":

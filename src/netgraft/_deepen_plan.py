@@ -27,7 +27,8 @@ _ACTIVATIONS = {"relu", "relu6", "hardtanh", "gelu", "silu", "tanh", "sigmoid", 
                 "hardswish", "softplus", "selu", "celu"}
 _NORMS = {"batch_norm", "layer_norm", "rms_norm", "group_norm"}
 # f(0) = 0 for these element-wise or structural ops: a zero input gives a zero output.
-_ZERO_PRESERVING = {"dropout", "relu", "relu6", "gelu", "silu", "tanh", "leaky_relu", "elu", "mish", "hardswish",
+# relu/relu6 map 0 to 0 but have zero gradient there: a branch zeroed before them would never train.
+_ZERO_PRESERVING = {"dropout", "gelu", "silu", "tanh", "leaky_relu", "elu", "mish", "hardswish",
                     "selu", "celu", "neg", "contiguous", "clone", "view", "reshape", "flatten", "unflatten", "permute",
                     "transpose", "squeeze", "unsqueeze", "to", "getitem", "narrow", "select", "sum", "mean",
                     "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
@@ -102,30 +103,32 @@ def layer_of(op: OpRecord) -> Layer | None:
     return Layer(op, nd, kernel, stride, dilation, groups)
 
 
+# Ops through which a value keeps its layout (which axis holds the features): element-wise ops, norms, pooling.
+# Views, transposes and flattens are not among them: a layer beyond one says nothing about this value's axes.
+_SAME_LAYOUT = (_ACTIVATIONS | _NORMS | {"instance_norm", "dropout", "add", "sub", "mul", "div", "truediv", "neg",
+                                         "contiguous", "clone", "to", "float"}
+                | {f"{kind}_pool{d}d" for kind in ("max", "avg", "adaptive_avg", "adaptive_max") for d in (1, 2, 3)})
+
+
 def _around(value: Value, limit: int = 12) -> list[OpRecord]:
-    """Ops near `value`, nearest first: producers going back, then consumers going forward (breadth first)."""
+    """Ops around `value` that share its layout, nearest first: back through producers, then forward through
+    consumers, stopping at layers (Linear, Conv, ...) and at any op that changes the layout."""
     seen: set[int] = set()
     out: list[OpRecord] = []
-    frontier: list[Value] = [value]
-    while frontier and len(out) < limit:
-        nxt: list[Value] = []
-        for v in frontier:
-            if v.producer is not None and id(v.producer) not in seen:
-                seen.add(id(v.producer))
-                out.append(v.producer)
-                nxt.extend(x for x in v.producer.inputs if x.param is None)
-        frontier = nxt
-    frontier = [value]
-    budget = len(out) + limit
-    while frontier and len(out) < budget:
-        nxt = []
-        for v in frontier:
-            for op in v.consumers:
-                if id(op) not in seen:
+    for forward in (False, True):
+        frontier: list[Value] = [value]
+        budget = len(out) + limit
+        while frontier and len(out) < budget:
+            nxt: list[Value] = []
+            for v in frontier:
+                for op in (v.consumers if forward else [v.producer] if v.producer is not None else []):
+                    if id(op) in seen:
+                        continue
                     seen.add(id(op))
                     out.append(op)
-                    nxt.extend(op.outputs)
-        frontier = nxt
+                    if op.name in _SAME_LAYOUT:
+                        nxt.extend(op.outputs if forward else [x for x in op.inputs if x.param is None])
+            frontier = nxt
     return out
 
 
@@ -145,11 +148,10 @@ def neighbourhood(value: Value) -> Neighbourhood:
     layer = next((lay for op in ops if (lay := layer_of(op)) is not None), None)
     act = next((a for op in ops if (a := activation_of(op)) is not None), None)
     norm = next((op for op in ops if op.name in _NORMS), None)
-    if layer is not None:
-        last = layer.ndim == 0
-    else:
-        axis_op = next((op for op in ops if op.name in _LAST_AXIS_OPS | _FIRST_AXIS_OPS | set(_CONV_OPS)), None)
-        last = None if axis_op is None else axis_op.name in _LAST_AXIS_OPS
+    axis_op = next((op for op in ops if op.name in _LAST_AXIS_OPS | _FIRST_AXIS_OPS | set(_CONV_OPS)), None)
+    last = None if axis_op is None else axis_op.name in _LAST_AXIS_OPS
+    if layer is not None and (layer.ndim == 0) != last:
+        layer = None  # the nearest layer's layout disagrees with the value's own: nothing to imitate
     unit_norm, v = None, value
     for _ in range(8):  # back along first inputs until the feeding layer
         op = v.producer
@@ -170,9 +172,15 @@ def image_activation(value: Value, depth: int = 8) -> Activation | None:
     produced = activation_of(op)
     if produced is not None:
         return produced if produced.idempotent else None
-    if op.name in _NONNEG_POOLS | _VIEWS and op.inputs:
-        return image_activation(op.inputs[0], depth - 1)
-    return None
+    inner = image_activation(op.inputs[0], depth - 1) if op.inputs and op.name in _NONNEG_POOLS | _VIEWS else None
+    if inner is None:
+        return None
+    if op.name == "dropout" and not (inner.low in (0.0, -math.inf) and inner.high in (0.0, math.inf)):
+        return None  # training-mode dropout scales by 1/(1-p): only a cone like ReLU's image is kept
+    if op.name.startswith("avg_pool") and (op.arg(6, "divisor_override") is not None or not
+                                           inner.low <= 0.0 <= inner.high):
+        return None  # a sum (divisor_override), or zero padding averaged into a range that excludes 0
+    return inner
 
 
 # -- identity forms ----------------------------------------------------------------------------------------------
@@ -211,7 +219,8 @@ def identity_form(trace: Trace, anchor: ModuleCall) -> IdentityForm | str:
         act, call = image_activation(value), call_returning(value)
         if act is not None and call is not None:
             return IdentityForm(call, act, False, via)
-        nxt = value.consumers[0] if len(value.consumers) == 1 else None
+        returned = any(value is o for o in trace.outputs)  # a model output is a consumer the trace lists apart
+        nxt = value.consumers[0] if len(value.consumers) == 1 and not returned else None
         nxt_act = activation_of(nxt) if nxt is not None else None
         if nxt_act is not None and not nxt_act.idempotent:
             return f"it is followed by {nxt_act.name}, which is not idempotent (phi(phi(x)) != phi(x))"
@@ -280,9 +289,11 @@ def _zeroing(v: Value, owner: str, depth: int = 24) -> set[str] | None:
             if a.param is None and (found := _zeroing(a, owner, depth - 1)) is not None:
                 return found
         return None
-    if op.name in ("div", "truediv") and tensors and op.args and op.args[0] is tensors[0]:
-        return _zeroing(tensors[0], owner, depth - 1)
-    if op.name in ("add", "cat", "stack"):
+    if op.name in ("div", "truediv") and len(op.args) >= 2 and op.args[0] is (tensors[0] if tensors else None) \
+            and isinstance(op.args[1], (int, float)) and op.args[1] != 0:
+        return _zeroing(tensors[0], owner, depth - 1)  # 0 / c; never 0 / (a tensor that may be 0 too)
+    additive = op.name in ("add", "sub") and len(op.args) >= 2 and all(isinstance(a, Value) for a in op.args[:2])
+    if additive or op.name in ("cat", "stack"):
         found: set[str] = set()
         for a in op.inputs:
             part = _zeroing(a, owner, depth - 1)
@@ -304,7 +315,8 @@ def _identity_of(v: Value, x: Value, owner: str, out: set[str], bound: Activatio
         return _identity_of(op.inputs[0], x, owner, out, bound, depth - 1)
     if op.name in ("add", "sub") and len(op.args) >= 2 and all(isinstance(a, Value) for a in op.args[:2]):
         first, second = op.args[0], op.args[1]
-        orders = [(first, second), (second, first)] if op.name == "add" else [(first, second)]
+        alpha = op.arg(2, "alpha", 1)  # torch.add(a, b, alpha=k) is a + k * b: only b may be the zero branch
+        orders = [(first, second), (second, first)] if op.name == "add" and alpha == 1 else [(first, second)]
         for skip, branch in orders:
             zeros = _zeroing(branch, owner)
             trial: set[str] = set()
@@ -320,6 +332,23 @@ def _identity_of(v: Value, x: Value, owner: str, out: set[str], bound: Activatio
     return False
 
 
+def has_skip(call: ModuleCall, limit: int = 200) -> bool:
+    """True if the block adds its own input to something (a residual block, post-norm or not)."""
+    if not call.inputs or call.inputs[0] is None or len(call.outputs) != 1:
+        return False
+    x, seen, frontier = call.inputs[0], set(), [call.outputs[0]]
+    while frontier and len(seen) < limit:
+        v = frontier.pop()
+        op = v.producer
+        if op is None or id(op) in seen:
+            continue
+        seen.add(id(op))
+        if op.name in ("add", "sub") and any(a is x for a in op.args[:2]):
+            return True
+        frontier.extend(a for a in op.inputs if a.param is None)
+    return False
+
+
 def zero_plan(template: ModuleCall, received: Value) -> ZeroPlan:
     """Which parameters of `template` to zero so that a copy of it, fed `received`, returns its input exactly."""
     if len(template.inputs) < 1 or template.inputs[0] is None or len(template.outputs) != 1:
@@ -331,5 +360,5 @@ def zero_plan(template: ModuleCall, received: Value) -> ZeroPlan:
         return ZeroPlan(out)
     last = template.outputs[0].producer
     tail = f"its output comes from '{last.name}'" if last is not None else "its output is not computed by an op"
-    return ZeroPlan(reason=f"no residual form x + branch(x) with a zeroable branch reaches its output ({tail}; "
-                           "post-norm blocks normalise after the add)")
+    post = " (post-norm: it normalises after the residual add)" if last is not None and last.name in _NORMS else ""
+    return ZeroPlan(reason=f"its output is not x + branch(x) with a zeroable branch; {tail}{post}")

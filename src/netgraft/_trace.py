@@ -35,6 +35,7 @@ class Value:
     param_axes: tuple[int | None, ...] = ()  # for each axis of this value, the parameter axis it is
     producer: OpRecord | None = None
     consumers: list[OpRecord] = field(default_factory=list)
+    dtype: torch.dtype | None = None
 
     def dim(self, axis: int) -> Space:
         return self.dims[axis % len(self.dims)] if self.dims else Space(1)
@@ -131,7 +132,7 @@ class Trace:
         if dims is None:
             dims = [Space(n, origin=f"axis {i} of '{name}'") for i, n in enumerate(t.shape)]
             self.param_dims[name] = dims
-        return Value(tuple(t.shape), list(dims), param=name, param_axes=tuple(range(t.dim())))
+        return Value(tuple(t.shape), list(dims), param=name, param_axes=tuple(range(t.dim())), dtype=t.dtype)
 
     def value_of(self, t: torch.Tensor, where: str) -> Value:
         hit = self.values.get(id(t))
@@ -157,7 +158,7 @@ class Trace:
         return self.param_value(*known) if known is not None else None
 
     def new_value(self, t: torch.Tensor, origin: str = "") -> Value:
-        v = Value(tuple(t.shape), [Space(n, origin=origin) for n in t.shape])
+        v = Value(tuple(t.shape), [Space(n, origin=origin) for n in t.shape], dtype=t.dtype)
         self.values[id(t)] = (t, v)
         return v
 

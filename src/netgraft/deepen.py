@@ -21,9 +21,9 @@ from torch import nn
 
 from . import _ops_layers, _ops_tensor  # noqa: F401 - register the built-in rules
 from ._deepen_build import Built, block_insert, identity_layer, make_identity_bn_, residual_insert
-from ._deepen_plan import IdentityForm, identity_form, neighbourhood, zero_plan
+from ._deepen_plan import IdentityForm, has_skip, identity_form, neighbourhood, zero_plan
 from ._trace import ModuleCall, Trace, call_model, preserve_buffers, trace
-from .certify import Certificate, compare_outputs
+from .certify import Certificate, compare_outputs, reference_outputs
 from .errors import NotPreservedError, UnsupportedModelError
 from .inserts import Deepened
 from .registry import layer_rule_for
@@ -70,6 +70,7 @@ class _Planned:
     build: Built
     pass_args: bool  # blocks get the call's extra arguments (masks) too
     chained: bool = False  # the point's container feeds each entry's output to the next: insert into it
+    dtype: torch.dtype | None = None  # of the value at the point (new layers are built in it); None: keep
 
 
 def _chained(tr: Trace, model: nn.Module, point: str) -> bool:
@@ -87,9 +88,12 @@ def _chained(tr: Trace, model: nn.Module, point: str) -> bool:
     for c in tr.calls:
         first_call.setdefault(c.path, c)
     at = keys.index(key)
+    def sibling(k: str) -> ModuleCall | None:
+        return first_call.get(f"{parent_path}.{k}" if parent_path else k)
+
     here = first_call.get(point)
-    nxt = first_call.get(f"{parent_path}.{keys[at + 1]}") if at + 1 < len(keys) else None
-    prev = first_call.get(f"{parent_path}.{keys[at - 1]}") if at > 0 else None
+    nxt = sibling(keys[at + 1]) if at + 1 < len(keys) else None
+    prev = sibling(keys[at - 1]) if at > 0 else None
     if here is None:
         return False
     if nxt is not None:
@@ -145,14 +149,39 @@ def _template(tr: Trace, model: nn.Module, call: ModuleCall) -> ModuleCall:
                                 f"in '{parent or '<root>'}' keeps the shape; use kind='residual'")
 
 
+# Modules whose fused inference fast path reads their submodules' weights directly (torch's native transformer
+# kernels): an insert inside one would be skipped in eval mode under no_grad, so anchors inside them are refused.
+_FAST_PATH = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
+
+
+def _inside_fast_path(model: nn.Module, path: str) -> str | None:
+    parts = path.split(".")
+    for i in range(1, len(parts)):
+        prefix = ".".join(parts[:i])
+        if isinstance(model.get_submodule(prefix), _FAST_PATH):
+            return prefix
+    return None
+
+
 def _plan_one(tr: Trace, model: nn.Module, path: str, kind: str) -> _Planned:
     call = _anchor_call(tr, model, path)
     value = call.outputs[0]
     where = f"the output of '{path}' ({type(call.module).__name__})"
-    if kind == "auto":  # the first form that exists: block (for blocks), identity layer, residual insert
-        for candidate in (["block"] if _is_block(call.module) else []) + ["identity"]:
+    owner = _inside_fast_path(model, path)
+    if owner is not None:
+        raise UnsupportedModelError(f"deepen: '{path}' is inside {type(model.get_submodule(owner)).__name__} "
+                                    f"'{owner}', whose fused inference fast path reads its submodules' weights "
+                                    f"directly and would skip an inserted module; insert after '{owner}' instead")
+    if kind == "auto":
+        # a block whose residual branches can be zeroed; else, for a residual block (post-norm), a gated copy;
+        # else the identity layer where exact, else a residual insert (both train at once, unlike a closed gate)
+        if _is_block(call.module):
             with contextlib.suppress(UnsupportedModelError):
-                return _plan_one(tr, model, path, candidate)
+                planned = _plan_one(tr, model, path, "block")
+                if not planned.build.gated or has_skip(_template(tr, model, call)):
+                    return planned
+        with contextlib.suppress(UnsupportedModelError):
+            return _plan_one(tr, model, path, "identity")
         kind = "residual"
     if kind in ("block", "copy"):
         template = _template(tr, model, call)
@@ -160,6 +189,8 @@ def _plan_one(tr: Trace, model: nn.Module, path: str, kind: str) -> _Planned:
             raise UnsupportedModelError(f"deepen: '{template.path}' ({type(template.module).__name__}) has no "
                                         f"parameters, so a copy of it adds nothing; use kind='residual'")
         built = block_insert(template.module, template.path, zero_plan(template, value), fresh=kind == "block")
+        if template is not call:
+            built.note += f" (template: '{template.path}', which keeps the shape)"
         return _Planned(path, kind, path, built, pass_args=True)
     if kind == "identity":
         form = identity_form(tr, call)
@@ -170,11 +201,11 @@ def _plan_one(tr: Trace, model: nn.Module, path: str, kind: str) -> _Planned:
                                         "the activation module that follows")
         assert isinstance(form, IdentityForm)
         point = form.call.outputs[0]
-        built = identity_layer(form, point, neighbourhood(point), where)
+        built = identity_layer(form, point, neighbourhood(point), where, tr.model)
         built.note += form.via
-        return _Planned(path, kind, form.call.path, built, pass_args=False)
-    built = residual_insert(value, neighbourhood(value), where)
-    return _Planned(path, kind, path, built, pass_args=False)
+        return _Planned(path, kind, form.call.path, built, pass_args=False, dtype=point.dtype)
+    built = residual_insert(value, neighbourhood(value), where, tr.model)
+    return _Planned(path, kind, path, built, pass_args=False, dtype=value.dtype)
 
 
 def _locate(root: nn.Module, target: nn.Module) -> tuple[nn.Module, str] | None:
@@ -239,7 +270,9 @@ def _batches(data: Iterable, example_inputs: Any) -> Iterable:
     """Input batches from `data`: shaped like example_inputs; trailing items (labels of (x, y) pairs) are dropped."""
     n = len(example_inputs) if isinstance(example_inputs, tuple) else None
     for batch in data:
-        if isinstance(batch, torch.Tensor) and n is not None:
+        if isinstance(example_inputs, torch.Tensor) and isinstance(batch, (tuple, list)) and batch:
+            yield batch[0]
+        elif isinstance(batch, torch.Tensor) and n is not None:
             yield (batch,)
         elif isinstance(batch, (tuple, list)) and n is not None and len(batch) > n:
             yield tuple(batch[:n])
@@ -268,7 +301,12 @@ def _calibrate(model: nn.Module, bns: list[tuple[nn.Module, bool]], data: Iterab
     try:
         with preserve_buffers(model):
             for batch in _batches(data, example_inputs):
-                call_model(model, batch)
+                try:
+                    call_model(model, batch)
+                except Exception as err:
+                    raise ValueError(f"deepen: the model failed on `data` batch {batches} ({type(err).__name__}: "
+                                     f"{str(err)[:200]}); batches must look like example_inputs (trailing items "
+                                     "such as labels are dropped), with more than one sample") from err
                 batches += 1
     finally:
         for h in handles:
@@ -353,11 +391,15 @@ def deepen(
         raise ValueError(f"after names a module twice: {anchors}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise >= 0):
+    if isinstance(noise, bool) or not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    if data is not None and (isinstance(data, (torch.Tensor, dict)) or not isinstance(data, Iterable)):
+        raise TypeError(f"data must be an iterable of input batches (a list or a DataLoader), got "
+                        f"{type(data).__name__}; wrap a single batch as [x]")
     tr = trace(model, example_inputs)
     dtype, device = _dtype_device(model)
-    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    rng = torch.random.fork_rng(devices=cuda) if seed is not None else contextlib.nullcontext()
     with rng:
         if seed is not None:
             torch.manual_seed(seed)
@@ -373,7 +415,15 @@ def deepen(
     calibrate = [bn_flag for p in plans for bn_flag in p.build.calibrate]
     if data is not None and calibrate:
         _calibrate(result, calibrate, data, example_inputs)
-    cert = compare_outputs(tr.output_tensors, result, example_inputs)
+    reference = reference_outputs(model, example_inputs, tr.output_tensors)
+    cert = compare_outputs(reference, result, example_inputs)
+    if not cert.passed and noise == 0 and any(p.chained for p in plans):
+        # a forward that reads its container's entries by position (outs[1] + outs[-1]) changes with a new entry:
+        # wrapping the anchors instead leaves every position as it was
+        result, inserted = _assemble(model, plans, example_inputs, dtype, device, force_wrap=True)
+        if calibrate and data is not None:
+            _calibrate(result, calibrate, data, example_inputs)
+        cert = compare_outputs(reference, result, example_inputs)
     paths = {id(m): n for n, m in result.named_modules()}
     report = DeepenReport(cert, [
         Insertion(p.anchor, paths.get(id(m), "?"), p.kind, p.build.gated, sum(t.numel() for t in m.parameters()),
@@ -386,12 +436,12 @@ def deepen(
 
 
 def _assemble(model: nn.Module, plans: list[_Planned], example_inputs: Any, dtype: torch.dtype,
-              device: torch.device) -> tuple[nn.Module, list[nn.Module]]:
+              device: torch.device, force_wrap: bool = False) -> tuple[nn.Module, list[nn.Module]]:
     """Place every planned module in a copy of `model`, then check the placement by running it: each inserted
     module must run once and every original module as often as before. A forward that indexes its ModuleList
     (``self.layers[i]`` for a fixed range) breaks that; those inserts are placed again by wrapping their anchor."""
     for p in plans:
-        p.build.module.to(device=device, dtype=dtype)
+        p.build.module.to(device=device, dtype=p.dtype or dtype)
         p.build.module.train(model.get_submodule(p.point).training if p.point else model.training)
         for bn, identity in p.build.calibrate:
             if identity:
@@ -399,7 +449,7 @@ def _assemble(model: nn.Module, plans: list[_Planned], example_inputs: Any, dtyp
     inserted = [p.build.module for p in plans]
     originals = list(dict(model.named_modules()).values())
     expected = _call_counts(model, originals, example_inputs)
-    wrap: set[int] = set()
+    wrap: set[int] = set(range(len(plans))) if force_wrap else set()
     for _ in range(2):
         result = copy.deepcopy(model)
         copies = list(dict(result.named_modules()).values())
@@ -409,9 +459,11 @@ def _assemble(model: nn.Module, plans: list[_Planned], example_inputs: Any, dtyp
         try:
             counts = _call_counts(result, inserted + copies, example_inputs)
         except Exception as err:  # a traced model that ran must run with identities inserted: say where it broke
-            anchors = [p.anchor for p in plans]
-            raise UnsupportedModelError(f"deepen: the model fails to run with the inserted modules "
-                                        f"({type(err).__name__}: {str(err)[:300]}); anchors: {anchors}") from err
+            if wrap or not any(p.chained for p in plans):
+                anchors = [p.anchor for p in plans]
+                raise UnsupportedModelError(f"deepen: the model fails to run with the inserted modules "
+                                            f"({type(err).__name__}: {str(err)[:300]}); anchors: {anchors}") from err
+            counts = [0] * (len(plans) + len(copies))  # a container passes other arguments: wrap instead
         bad = {i for i, c in enumerate(counts[:len(plans)]) if c != 1}
         if counts[len(plans):] != expected:
             bad |= {i for i, p in enumerate(plans) if p.chained}

@@ -39,8 +39,8 @@ class GatedBlock(nn.Module):
         self.register_buffer("gate", torch.tensor(float(gate)))
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        y = self.block(x, *args, **kwargs)
-        return self.gate * y + (1 - self.gate) * x
+        skip = (1 - self.gate) * x  # taken first: a block may modify its input in place (ReLU(inplace=True))
+        return self.gate * self.block(x, *args, **kwargs) + skip
 
     def extra_repr(self) -> str:
         return f"gate={float(self.gate):.4g}"

@@ -15,7 +15,7 @@ from ._apply import build_model
 from ._groups import Coupling, Group
 from ._plan import Planner, SpaceMaps, _total
 from ._trace import trace
-from .certify import Certificate, compare_outputs
+from .certify import Certificate, compare_outputs, reference_outputs
 from .errors import EXTENSION_HINT, NotPreservedError, UnsupportedModelError
 
 
@@ -146,7 +146,8 @@ def widen(
     result = build_model(coupling, maps, lambda s: _total(s, planner.sizes))
     try:
         # the source's eval-mode outputs were recorded by the trace: only the result needs running
-        cert = compare_outputs(coupling.trace.output_tensors, result, example_inputs)
+        reference = reference_outputs(model, example_inputs, coupling.trace.output_tensors)
+        cert = compare_outputs(reference, result, example_inputs)
     except (RuntimeError, ValueError, AssertionError) as err:
         # The traced ops were all mapped, yet the grown model does not run: its forward computes a shape from a
         # constant (e.g. `x.view(B, T, self.n_head, C // self.n_head)`), which no trace can see.
