@@ -42,7 +42,6 @@ import netgraft
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
-README_ENV = "NETGRAFT_BENCH_README"  # set by run_all.py --readme: publish into another README (e.g. a copy)
 
 # Model configurations: a deep MLP of square Linears with ReLUs. (hidden, number of Linears):
 # 24 x (2048^2 + 2048) = 100.7M parameters; 10 x (1024^2 + 1024) = 10.5M.
@@ -359,12 +358,9 @@ def readme_markdown() -> str:
 
 
 def publish_readme() -> Path:
-    """Regenerate the README section (the repository's README, or the one named by $NETGRAFT_BENCH_README)."""
-    from report import update_readme
+    from report import publish_section
 
-    readme = Path(os.environ.get(README_ENV) or REPO / "README.md")
-    update_readme("widen", readme_markdown(), readme)
-    return readme
+    return publish_section("widen", readme_markdown())
 
 
 def main(quick: bool = False) -> dict[str, Any]:

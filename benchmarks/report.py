@@ -77,6 +77,16 @@ def update_readme(section: str, markdown: str, readme: str | os.PathLike[str] = 
         raise
 
 
+README_ENV = "NETGRAFT_BENCH_README"  # set by run_all.py --readme: publish into another README (e.g. a copy)
+
+
+def publish_section(section: str, markdown: str) -> Path:
+    """Write a benchmark's README section into the repository's README, or the one named by $NETGRAFT_BENCH_README."""
+    readme = Path(os.environ.get(README_ENV) or Path(__file__).resolve().parent.parent / "README.md")
+    update_readme(section, markdown, readme)
+    return readme
+
+
 def _cell(value: Any) -> str:
     """One table cell: text with pipes escaped and newlines flattened (both would break the table)."""
     return str(value).replace("|", "\\|").replace("\n", " ")

@@ -165,10 +165,40 @@ def test_shrinking_then_injecting_back_recovers_the_weights() -> None:
         return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
 
     for i, centre in ((0, (slice(4, 12),)), (3, (slice(4, 12), slice(4, 12))), (6, (slice(8, 24), slice(4, 12)))):
-        # the centre channels that survived the round trip track the original weights (the 0.25 resize share blurs
-        # them twice); a fresh init does not
-        assert corr(back[i].weight[centre], big[i].weight[centre]) > 0.5
+        # channels are cropped, then placed back at the centre, never interpolated: the surviving centre channels are
+        # the original weights up to the fan-in scale; a fresh init does not track them
+        assert corr(back[i].weight[centre], big[i].weight[centre]) > 0.9999
         assert abs(corr(fresh[i].weight[centre], big[i].weight[centre])) < 0.3
+
+
+def test_channels_are_cropped_not_interpolated_unless_asked() -> None:
+    torch.manual_seed(0)
+    src, crop, paper = nn.Linear(8, 16), nn.Linear(8, 8), nn.Linear(8, 8)
+    report = netgraft.inject(src, crop)
+    assert report.transfers[0].method.startswith("crop,")  # no "& resize"
+    ratio = crop.weight / src.weight[4:12]
+    assert torch.allclose(ratio, ratio[0, 0].expand_as(ratio))  # the centre rows, one scale factor
+    report = netgraft.inject(src, paper, channel_resize=True)  # the TLI paper: every dimension resized too
+    assert "resize" in report.transfers[0].method
+    assert not torch.allclose(paper.weight / src.weight[4:12], (paper.weight / src.weight[4:12])[0, 0])
+
+
+def test_a_conv_bn_unit_stays_together_inside_residual_blocks() -> None:
+    from zoo import ResNet18Style
+
+    torch.manual_seed(0)
+    src = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    dst = ResNet18Style()
+    report = netgraft.inject(src, dst, example_inputs=(torch.randn(2, 3, 8, 8),))
+    seeded = {t.target.rsplit(".", 1)[0]: t.source.rsplit(".", 1)[0] for t in report.transfers}
+    # every BatchNorm is seeded by the BN that follows the conv seeding its own conv
+    for conv, bn in [("conv1", "bn1"), *[(f"layer{s}.{b}.conv{c}", f"layer{s}.{b}.bn{c}")
+                                          for s in (1, 2) for b in (0, 1) for c in (1, 2)],
+                     ("layer2.0.downsample.0", "layer2.0.downsample.1")]:
+        assert seeded[bn] == str(int(seeded[conv]) + 1), (conv, bn, seeded[conv], seeded[bn])
+    assert not report.left_at_init
 
 
 def test_hugging_face_models_of_different_sizes() -> None:

@@ -14,7 +14,7 @@ Public API:
 from .certify import Certificate, check_preserved
 from .deepen import DeepenReport, Insertion, deepen
 from .errors import NotPreservedError, UnsupportedModelError
-from .inject import InjectionReport, inject, similarity
+from .inject import SIMILARITY_THRESHOLD, InjectionReport, inject, similarity
 from .inserts import Deepened, GatedBlock, ResidualInsert, fold_gates, set_gates_
 from .registry import RuleContext, register_layer, register_op, unregister_layer
 from .widen import Group, GroupTable, WidenReport, groups, widen
@@ -28,6 +28,7 @@ __all__ = [
     "GatedBlock",
     "Insertion",
     "InjectionReport",
+    "SIMILARITY_THRESHOLD",
     "inject",
     "similarity",
     "ResidualInsert",

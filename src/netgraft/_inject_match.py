@@ -42,6 +42,13 @@ class Block:
     def size(self) -> int:
         return sum(c.size for c in self.children)
 
+    @property
+    def is_unit(self) -> bool:
+        """A weight layer and the norms that follow it (conv -> BN): matched as one item against a block."""
+        kinds = [c.kind if isinstance(c, Leaf) else "" for c in self.children]
+        return (len(kinds) > 1 and kinds[0].startswith(_WEIGHT_KINDS)
+                and all(k and not k.startswith(_WEIGHT_KINDS) for k in kinds[1:]))
+
 
 def _conv1d_hf(module: nn.Module) -> bool:
     """GPT-2's transformers.pytorch_utils.Conv1D: a Linear with a transposed (in, out) weight and an `nf` attribute."""
@@ -201,9 +208,16 @@ class Aligner:
                 s = leaf_score(a, b, self.width_ratio)
                 self._memo[key] = (s, [(a, b)] if s > 0 else [])
             else:  # a block against a block, or a layer against the layers of a block (nesting may differ)
-                self._memo[key] = self.align(a.children if isinstance(a, Block) else [a],
-                                             b.children if isinstance(b, Block) else [b])
+                self._memo[key] = self.align(self._items(a, b), self._items(b, a))
         return self._memo[key]
+
+    @staticmethod
+    def _items(node: Leaf | Block, other: Leaf | Block) -> list[Leaf | Block]:
+        """What `node` contributes when aligned against `other`: its children, except that a unit (conv + BN) stays
+        whole against a block of units, so its norm goes with its weight layer rather than to another unit."""
+        if isinstance(node, Leaf) or (node.is_unit and isinstance(other, Block) and not other.is_unit):
+            return [node]
+        return node.children
 
     def align(self, xs: list, ys: list) -> tuple[float, list[tuple[Leaf, Leaf]]]:
         key = (tuple(map(id, xs)), tuple(map(id, ys)))  # sub-sequences recur in the regrouping moves

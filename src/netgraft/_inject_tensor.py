@@ -1,11 +1,17 @@
 """Injection step of `inject` (TLI): turn a source tensor into a target tensor's shape.
 
 Per dimension, a *centre crop* when the source is larger and a *centre placement* when it is smaller (the target keeps
-its own init around it), mixed with a *linear resize* of the whole source to the target's shape:
+its own init around it), mixed with a *linear resize* of the source to the target's shape:
 ``result = 0.75 * crop_or_place + 0.25 * resize`` (the TLI paper's lambda). Both halves are deterministic functions
 of (source size, target size), so a layer's kept output channels and the next layer's kept input channels are the
 same ones whenever the two layers shrink or grow the same dimension alike. Equal shapes are copied bit for bit.
-Dimensions indexed by identity (an embedding's vocabulary, positions) are aligned at the start and never resized.
+
+Which dimensions are resized: the paper interpolates every dimension; by default netgraft interpolates only *ordered*
+dimensions (kernel taps, positions) and crops/places channel dimensions, because channel order is arbitrary and
+interpolating between neighbouring channels averages unrelated features (measured in ``benchmarks/bench_inject.py``:
+2.3x -> 3.0x default-init accuracy for a 2x narrower CNN after a quarter epoch). ``channel_resize=True`` restores
+the paper's behaviour. Dimensions indexed by identity (an embedding's vocabulary) are aligned at the start and never
+resized.
 """
 
 from __future__ import annotations
@@ -41,28 +47,38 @@ def _interp_dim(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     return a + (b - a) * frac.view(view)
 
 
-def _resize(src: torch.Tensor, dst: torch.Tensor, prefix_dims: tuple[int, ...]) -> torch.Tensor:
+def _resize(src: torch.Tensor, dst: torch.Tensor, prefix_dims: tuple[int, ...],
+            fixed_dims: tuple[int, ...]) -> torch.Tensor:
     x = src.detach()
     for d, t in enumerate(dst.shape):
-        if x.shape[d] != t and d not in prefix_dims:
+        if x.shape[d] != t and d not in prefix_dims and d not in fixed_dims:
             x = _interp_dim(x, d, t)
     return _crop_place(x, dst, prefix_dims) if x.shape != dst.shape else x.to(dst.dtype)
 
 
-def transplant(src: torch.Tensor, dst: torch.Tensor, prefix_dims: tuple[int, ...] = ()) -> tuple[torch.Tensor, str]:
-    """`src` reshaped to `dst`'s shape (values of `dst` fill what the source does not cover), and how."""
+def transplant(src: torch.Tensor, dst: torch.Tensor, prefix_dims: tuple[int, ...] = (),
+               fixed_dims: tuple[int, ...] = ()) -> tuple[torch.Tensor, str]:
+    """`src` reshaped to `dst`'s shape (values of `dst` fill what the source does not cover), and how.
+
+    `prefix_dims` are aligned at the start instead of the centre; `fixed_dims` are cropped/placed but never resized.
+    """
     if src.dim() != dst.dim():
         raise ValueError(f"cannot inject a tensor of shape {tuple(src.shape)} into one of shape {tuple(dst.shape)}")
     if src.shape == dst.shape:
         return src.detach().to(dst.dtype).clone(), "copied"
-    a, b = _crop_place(src, dst, prefix_dims), _resize(src, dst, prefix_dims)
-    out = LAMBDA * a + (1 - LAMBDA) * b
-    ops = {"crop" if s > t else "place" for s, t in zip(src.shape, dst.shape, strict=True) if s != t}
-    return out, f"{'+'.join(sorted(ops))} & resize"
+    changed = [d for d, (s, t) in enumerate(zip(src.shape, dst.shape, strict=True)) if s != t]
+    ops = "+".join(sorted({"crop" if src.shape[d] > dst.shape[d] else "place" for d in changed}))
+    a = _crop_place(src, dst, prefix_dims)
+    if all(d in prefix_dims or d in fixed_dims for d in changed):
+        return a, ops
+    out = LAMBDA * a + (1 - LAMBDA) * _resize(src, dst, prefix_dims, fixed_dims)
+    return out, f"{ops} & resize"
 
 
-def split_transplant(src: torch.Tensor, dst: torch.Tensor, parts: int, dim: int) -> tuple[torch.Tensor, str]:
+def split_transplant(src: torch.Tensor, dst: torch.Tensor, parts: int, dim: int,
+                     fixed_dims: tuple[int, ...] = ()) -> tuple[torch.Tensor, str]:
     """Fused projections (q, k, v stacked along `dim`): each part is injected into its own part."""
-    pieces = [transplant(s, d) for s, d in zip(src.chunk(parts, dim), dst.chunk(parts, dim), strict=True)]
+    pieces = [transplant(s, d, fixed_dims=fixed_dims)
+              for s, d in zip(src.chunk(parts, dim), dst.chunk(parts, dim), strict=True)]
     how = pieces[0][1] if all(p[1] == pieces[0][1] for p in pieces) else "mixed"
     return torch.cat([p[0] for p in pieces], dim), f"{how} per q/k/v part"
