@@ -14,6 +14,7 @@ Public API:
 from .certify import Certificate, check_preserved
 from .deepen import DeepenReport, Insertion, deepen
 from .errors import NotPreservedError, UnsupportedModelError
+from .grow import GrowReport, grow_
 from .inject import SIMILARITY_THRESHOLD, InjectionReport, inject, similarity
 from .inserts import Deepened, GatedBlock, ResidualInsert, fold_gates, set_gates_
 from .registry import RuleContext, register_layer, register_op, unregister_layer
@@ -28,6 +29,8 @@ __all__ = [
     "GatedBlock",
     "Insertion",
     "InjectionReport",
+    "GrowReport",
+    "grow_",
     "SIMILARITY_THRESHOLD",
     "inject",
     "similarity",
