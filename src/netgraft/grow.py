@@ -3,8 +3,8 @@ optimizer's state carried along.
 
 Same pipeline as `widen` (trace, couple, plan), then: new tensors whose new units have zero fan-in (writer rows zero,
 identity units in between) and a fan-out chosen by `init`; optimizer state gathered with the same maps; everything
-written into the user's own parameters (`torch.utils.swap_tensors`: the Parameter objects, and so the optimizer's param_groups and
-any other reference, stay valid); certified, and rolled back if the certificate fails.
+written into the user's own parameters (`torch.utils.swap_tensors`: the Parameter objects, and so the optimizer's
+param_groups and any other reference, stay valid); certified, and rolled back if the certificate fails.
 """
 
 from __future__ import annotations
