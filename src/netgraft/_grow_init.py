@@ -169,7 +169,7 @@ def _adjoint_patches(g: torch.Tensor, conv: nn.Module, spatial: tuple[int, ...])
 
 def gradmax_matrix(model: nn.Module, plan: GroupPlan, loss_fn, batch) -> torch.Tensor:  # noqa: ANN001
     """M = sum over the batch of dL/dz_{l+1} h_{l-1}^T (fan-out size x fan-in size), measured on `batch` without
-    touching .grad,    RNG streams or BatchNorm statistics. Layers between are treated as identity units, f'(0) as 1 (see grow_)."""
+    touching .grad, RNG streams or BatchNorm statistics. Layers between are identity units, f'(0) is 1 (see grow_)."""
     from ._trace import preserve_buffers
 
     tensors = dict(model.named_parameters())
