@@ -313,3 +313,55 @@ def test_depthwise_conv_in_between_becomes_an_identity_unit() -> None:
     model.zero_grad()
     _ce(model, batch).backward()
     assert float(model[0].weight.grad[4:].abs().max()) > 0  # gradients reach the new fan-in through the dw conv
+
+
+def _teacher_student_loop(schedule_kwargs: dict, steps: int = 60) -> tuple[nn.Module, netgraft.GrowthSchedule, list]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 5), nn.Tanh(), nn.Linear(5, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
+    seen: list = []
+    sched = netgraft.GrowthSchedule(model, optimizer=opt, loss_fn=_mse,
+                                    callbacks=[lambda s, r, m: seen.append((s, m[0].out_features))], **schedule_kwargs)
+    g = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        x = torch.randn(16, 20, generator=g)
+        batch = (x, torch.tanh(x[:, :10]))
+        sched.step(step, batch)
+        opt.zero_grad()
+        _mse(model, batch).backward()
+        opt.step()
+        lr_sched.step()
+    return model, sched, seen
+
+
+def test_schedule_adds_one_unit_every_n_steps_and_keeps_the_lr_scheduler_working() -> None:
+    model, sched, seen = _teacher_student_loop({"targets": {"0": 10}, "every": 10, "times": 5})
+    assert seen == [(10, 6), (20, 7), (30, 8), (40, 9), (50, 10)]  # exactly what was asked, never less
+    assert model[0].weight.shape == (10, 20) and model[2].weight.shape == (10, 10)
+    assert all(r.certificate.passed for _, r in sched.history)
+
+
+def test_schedule_one_dimension_at_a_time() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2))
+    sched = netgraft.GrowthSchedule(model, {"0": 5, "2": 7}, at=[1, 2, 3, 4], one_at_a_time=True, init="random")
+    sizes = []
+    for step in range(6):
+        batch = (torch.randn(8, 4), torch.randn(8, 2))
+        sched.step(step, batch)
+        sizes.append((model[0].out_features, model[2].out_features))
+    assert sizes == [(3, 3), (4, 3), (4, 5), (5, 5), (5, 7), (5, 7)]
+
+
+def test_schedule_errors() -> None:
+    model = _mlp()
+    with pytest.raises(ValueError, match="every and times"):
+        netgraft.GrowthSchedule(model, {"0": 9}, every=0, times=2)
+    with pytest.raises(ValueError, match="either"):
+        netgraft.GrowthSchedule(model, {"0": 9}, every=2, times=2, at=[3])
+    with pytest.raises(ValueError, match="increasing"):
+        netgraft.GrowthSchedule(model, {"0": 9}, at=[4, 2])
+    sched = netgraft.GrowthSchedule(model, {"0": 3}, at=[0], init="zeros")
+    with pytest.raises(ValueError, match="below its current size"):
+        sched.step(0, _data("mlp", torch.float32))

@@ -4,6 +4,8 @@ Public API:
     widen(model, widths, *, example_inputs, noise=0.0, seed=None) -> wider copy computing the same function
     deepen(model, after, *, example_inputs, data=None, kind="auto") -> deeper copy computing the same function
     set_gates_ / fold_gates -> ramp in, then remove, the gates of inserted post-norm blocks
+    grow_(model, widths, optimizer=, init="gradmax") -> the same model, grown in place during training
+    GrowthSchedule(model, targets, every=, times=) -> grow from inside a training loop
     inject(source, target) -> InjectionReport: data-free transfer into a different architecture (TLI)
     similarity(source, target) -> float in [0, 1]: how much of target the source can seed
     groups(model, example_inputs) -> table of coupled dimensions
@@ -15,6 +17,7 @@ from .certify import Certificate, check_preserved
 from .deepen import DeepenReport, Insertion, deepen
 from .errors import NotPreservedError, UnsupportedModelError
 from .grow import GrowReport, grow_
+from .schedule import GrowthSchedule
 from .inject import SIMILARITY_THRESHOLD, InjectionReport, inject, similarity
 from .inserts import Deepened, GatedBlock, ResidualInsert, fold_gates, set_gates_
 from .registry import RuleContext, register_layer, register_op, unregister_layer
@@ -30,6 +33,7 @@ __all__ = [
     "Insertion",
     "InjectionReport",
     "GrowReport",
+    "GrowthSchedule",
     "grow_",
     "SIMILARITY_THRESHOLD",
     "inject",
