@@ -17,10 +17,10 @@ from .certify import Certificate, check_preserved
 from .deepen import DeepenReport, Insertion, deepen
 from .errors import NotPreservedError, UnsupportedModelError
 from .grow import GrowReport, grow_
-from .schedule import GrowthSchedule
 from .inject import SIMILARITY_THRESHOLD, InjectionReport, inject, similarity
 from .inserts import Deepened, GatedBlock, ResidualInsert, fold_gates, set_gates_
 from .registry import RuleContext, register_layer, register_op, unregister_layer
+from .schedule import GrowthSchedule
 from .widen import Group, GroupTable, WidenReport, groups, widen
 
 __version__ = "0.1.0"
