@@ -22,7 +22,6 @@ README's ``inject`` section from the result files present.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import platform
@@ -40,7 +39,6 @@ import netgraft
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RESULTS = HERE / "results"
 
 BATCH = 64
 LR = 1e-3
@@ -283,8 +281,9 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------- output
 def result_paths(quick: bool) -> tuple[Path, Path]:
-    stem = "inject_quick" if quick else "inject"
-    return RESULTS / f"{stem}.json", RESULTS / f"{stem}.png"
+    from report import result_paths as paths
+
+    return paths("inject", quick)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -396,10 +395,9 @@ def main(quick: bool = False) -> dict[str, Any]:
     result.update(run(quick))
     result["summary"] = summarise(result)
     result["wall_seconds"] = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = result_paths(quick)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, png_path)
+    from report import write_results
+
+    json_path, png_path = write_results("inject", quick, result, plot)
     readme = publish_readme()
     s = result["summary"]
     print(json.dumps({k: s[k] for k in ("cnn_donor_quarter_ratio", "cnn_donor_epoch_ratio",
@@ -411,14 +409,9 @@ def main(quick: bool = False) -> dict[str, Any]:
 
 
 def _cli() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 seeds instead of 5")
-    parser.add_argument("--readme-only", action="store_true", help="only regenerate the README section")
-    args = parser.parse_args()
-    if args.readme_only:
-        print(f"updated {publish_readme()}")
-    else:
-        main(quick=args.quick)
+    from report import bench_cli
+
+    bench_cli(__doc__.splitlines()[0], main, publish_readme, "3 seeds instead of 5")
 
 
 if __name__ == "__main__":

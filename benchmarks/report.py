@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,40 @@ def publish_section(section: str, markdown: str) -> Path:
     readme = Path(os.environ.get(README_ENV) or Path(__file__).resolve().parent.parent / "README.md")
     update_readme(section, markdown, readme)
     return readme
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def result_paths(stem: str, quick: bool) -> tuple[Path, Path]:
+    """JSON and PNG paths of a benchmark; quick runs get their own files so they never overwrite full results."""
+    name = f"{stem}_quick" if quick else stem
+    return RESULTS / f"{name}.json", RESULTS / f"{name}.png"
+
+
+def write_results(stem: str, quick: bool, result: dict, plot: Callable[[dict, Path], None]) -> tuple[Path, Path]:
+    """Write a benchmark's JSON and its plot; returns their paths."""
+    import json
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = result_paths(stem, quick)
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, png_path)
+    return json_path, png_path
+
+
+def bench_cli(description: str, main: Callable[..., Any], publish: Callable[[], Path], quick_help: str) -> None:
+    """The command line shared by the training benchmarks: ``--quick`` and ``--readme-only``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--readme-only", action="store_true", help="only regenerate the README section")
+    args = parser.parse_args()
+    if args.readme_only:
+        print(f"updated {publish()}")
+    else:
+        main(quick=args.quick)
 
 
 def _cell(value: Any) -> str:

@@ -9,7 +9,8 @@ import pytest
 import netgraft
 
 PUBLIC = [netgraft.widen, netgraft.groups, netgraft.check_preserved, netgraft.register_op, netgraft.register_layer,
-          netgraft.deepen, netgraft.set_gates_, netgraft.fold_gates, netgraft.inject, netgraft.similarity]
+          netgraft.deepen, netgraft.set_gates_, netgraft.fold_gates, netgraft.inject, netgraft.similarity,
+          netgraft.grow_, netgraft.GrowthSchedule]
 
 
 @pytest.mark.parametrize("func", PUBLIC, ids=lambda f: f.__name__)

@@ -99,17 +99,21 @@ def check_alive(plan: GroupPlan, init: str) -> None:
             f"tanh, ELU), or init='net2net' (duplication, exact and alive).")
 
 
-def identity_value(model: nn.Module, name: str, old: torch.Tensor, axis: int) -> torch.Tensor | float:
-    """The value of a pass-through layer's parameter for a new unit: the unit stays zero and gradients pass."""
+def identity_value(model: nn.Module, name: str, old: torch.Tensor, axis: int,
+                   bn_weight: float | None = 1.0) -> torch.Tensor | float:
+    """The value of a pass-through layer's parameter for a new unit: the unit stays zero and gradients pass.
+    `bn_weight`: gamma of a new BatchNorm channel (None: sqrt(eps))."""
     module, attr = _module_and_attr(model, name)
     if attr in ("bias", "running_mean") or attr.endswith("bias"):
         return 0.0
     if attr == "running_var":
         return 1.0
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and attr == "weight":
-        # A channel that is constantly 0 has batch variance 0: train-mode BN scales its gradient by gamma/sqrt(eps).
-        # gamma = sqrt(eps) makes that gain 1, so the new unit's fan-in gets the gradient GradMax maximised.
-        return math.sqrt(module.eps)
+        # A channel that is constantly 0 has batch variance 0: train-mode BN scales its gradient by gamma/sqrt(eps)
+        # (x316 for eps = 1e-5). gamma = 1 (default: an identity unit in eval mode) lets the unit reach full scale
+        # after its first step (measured: much lower loss with Adam, which normalises the step); gamma = sqrt(eps)
+        # keeps the first gradient unamplified (safer with plain SGD) but leaves the unit tiny until gamma learns.
+        return math.sqrt(module.eps) if bn_weight is None else float(bn_weight)
     if isinstance(module, _NORMS) and attr == "weight":
         return 1.0
     if isinstance(module, nn.modules.conv._ConvNd) and attr == "weight" and module.groups > 1 and axis == 0:

@@ -72,9 +72,9 @@ class _ZeroFanIn:
     """New tensors for gradmax / random / zeros: old values kept, new units with zero fan-in and a chosen fan-out."""
 
     def __init__(self, model: nn.Module, coupling, maps: SpaceMaps, origin: SpaceMaps, plans: list[GroupPlan],  # noqa: ANN001
-                 init: str, scale: float, generator: torch.Generator):
+                 init: str, scale: float, generator: torch.Generator, bn_weight: float | None = 1.0):
         self.model, self.c, self.maps, self.origin = model, coupling, maps, origin
-        self.plans, self.init, self.scale, self.gen = plans, init, scale, generator
+        self.plans, self.init, self.scale, self.gen, self.bn_weight = plans, init, scale, generator, bn_weight
         self.role = {}  # (tensor, axis) -> "writer" | "pass" | "fanout"
         for p in plans:
             self.role.update({k: "fanout" for k in p.consumers})
@@ -134,7 +134,7 @@ class _ZeroFanIn:
             if self.is_fan_out(name, a):
                 continue
             if role == "pass":
-                value = identity_value(self.model, name, t, a)
+                value = identity_value(self.model, name, t, a, self.bn_weight)
                 if isinstance(value, torch.Tensor):
                     shape = list(out.shape)
                     shape[a] = len(new_idx[a])
@@ -190,6 +190,7 @@ def grow_(
     scale: float = 0.5,
     noise: float = 0.0,
     seed: int | None = None,
+    bn_weight: float | None = 1.0,
     check: bool = True,
 ) -> nn.Module:
     """Widen `model` **in place** during training, so that it computes the same function, and carry the optimizer's
@@ -213,14 +214,18 @@ def grow_(
         scale: each new unit's fan-out norm, as a fraction of the mean norm of the existing units' fan-out (the
             official GradMax code uses 0.5).
         noise, seed: as in `widen` (seed also draws the random fan-out and GradMax's completions).
+        bn_weight: gamma of new BatchNorm channels (zero fan-in inits). 1.0 (default) is an identity unit in eval
+            mode and lets the unit reach full scale after its first update; in train mode a channel that is constant
+            0 has its gradient multiplied by gamma/sqrt(eps) (x316) - adaptive optimizers normalise that, with plain
+            SGD pass None (gamma = sqrt(eps): gain 1, but the unit starts tiny).
         check: certify the grown model on `example_inputs` (eval mode) and roll back + raise if it is not preserved.
 
     GradMax details: M is computed as if f'(0) = 1 (the paper's assumption) with the layers in between as identity
-    units (BatchNorm gamma = sqrt(eps), so the gradient through a constant-zero channel is not amplified 300x in
-    train mode; depthwise convs get Dirac filters). Activations with derivative 0 at 0 in PyTorch (ReLU, ReLU6)
-    would leave zero fan-in units without gradient: ``init="gradmax"/"random"`` raise there. More new units than
-    directions (the fan-out size) get random unit vectors. Supported pairs: Linear -> Linear, Conv1d/2d -> Conv of the
-    same rank (any stride/padding/dilation, groups=1), Conv -> global average pooling -> Linear.
+    units (BatchNorm: see `bn_weight`; depthwise convs get Dirac filters). Activations with derivative 0 at 0 in
+    PyTorch (ReLU, ReLU6) would leave zero fan-in units without gradient: ``init="gradmax"/"random"`` raise there.
+    More new units than directions (the fan-out size) get random unit vectors. Supported pairs: Linear -> Linear,
+    Conv1d/2d -> Conv of the same rank (any stride/padding/dilation, groups=1), Conv -> global average pooling ->
+    Linear.
 
     Returns `model` (the same object), with ``model.netgraft_report`` (a `GrowReport`).
 
@@ -274,7 +279,7 @@ def grow_(
                 raise ValueError(f"grow_(init='{init}'): '{plan.key}' feeds {plan.group.uniform[0]}; new zero units "
                                  f"would change its statistics. Use init='net2net' (uniform duplication) there")
             check_alive(plan, init)
-        builder = _ZeroFanIn(model, coupling, maps, origin, plans, init, float(scale), generator)
+        builder = _ZeroFanIn(model, coupling, maps, origin, plans, init, float(scale), generator, bn_weight)
         if init == "gradmax":
             for plan in plans:
                 m = gradmax_matrix(model, plan, loss_fn, batch)
