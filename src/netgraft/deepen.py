@@ -335,9 +335,10 @@ def _dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
 
 def deepen(
     model: nn.Module,
-    after: str | list[str],
+    after: str | list[str] | None = None,
     *,
-    example_inputs: Any,
+    example_inputs: Any = None,
+    num_hidden_layers: int | None = None,
     data: Iterable | None = None,
     kind: str = "auto",
     noise: float = 0.0,
@@ -372,6 +373,9 @@ def deepen(
             and zeroed layers) to break symmetry; any noise > 0 makes the result approximate by request.
         seed: seed for new weights and noise (the global RNG is left untouched when given).
         check: raise `NotPreservedError` if an exact (noise 0) result exceeds the bound.
+        num_hidden_layers: for a Hugging Face GPT-2 / BERT / LLaMA-family model, the new layer count instead of
+            `after`: new layers are spread evenly (pre-norm: copies with zeroed output projections; BERT: identity
+            post-norm layers) and the result is a plain model of the same class with its config updated.
 
     The result carries ``result.netgraft_report`` (a `DeepenReport`) and ``result.netgraft_certificate``.
 
@@ -382,9 +386,17 @@ def deepen(
         >>> [type(x).__name__ for x in deep], deep.netgraft_certificate.passed
         (['Linear', 'ReLU', 'Sequential', 'Linear'], True)
     """
-    anchors = [after] if isinstance(after, str) else list(after) if isinstance(after, (list, tuple)) else None
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if num_hidden_layers is not None:
+        from . import hf
+
+        if after is not None or not hf.is_hf_model(model):
+            raise TypeError("deepen: num_hidden_layers applies to Hugging Face models only, instead of `after`")
+        return hf.deepen_hf(model, num_hidden_layers=num_hidden_layers, probe_inputs=example_inputs, check=check)
+    if example_inputs is None:
+        raise TypeError("deepen needs example_inputs (the inputs to trace the model with)")
+    anchors = [after] if isinstance(after, str) else list(after) if isinstance(after, (list, tuple)) else None
     if not anchors or not all(isinstance(a, str) for a in anchors):
         raise TypeError(f"after must be a module path or a non-empty list of them, got {after!r}")
     if len(set(anchors)) != len(anchors):

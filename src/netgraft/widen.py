@@ -97,12 +97,13 @@ def changes_of(coupling: Coupling, planner: Planner) -> list[tuple[str, int, int
 
 def widen(
     model: nn.Module,
-    widths: dict[str, int] | float,
+    widths: dict[str, int] | float | None = None,
     *,
-    example_inputs: Any,
+    example_inputs: Any = None,
     noise: float = 0.0,
     seed: int | None = None,
     check: bool = True,
+    **config_sizes: int,
 ) -> nn.Module:
     """Return a wider copy of `model` that computes the same function (Net2WiderNet). `model` is not modified.
 
@@ -116,6 +117,10 @@ def widen(
             unequal fractions ``(1 + noise * z) / count`` that still sum to one.
         seed: seed for the random replication map and the noise.
         check: raise `NotPreservedError` if the certificate exceeds the bound (default).
+        **config_sizes: for a Hugging Face GPT-2 / BERT / LLaMA-family model, sizes in config terms instead of
+            `widths`: ``hidden_size``, ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``.
+            The result is a plain model of the same class with its config updated (see the README's Hugging Face
+            section); `example_inputs` (a dict of model inputs) is optional there.
 
     The result carries ``result.netgraft_report`` (sizes changed and certificate) and
     ``result.netgraft_certificate``.
@@ -129,6 +134,17 @@ def widen(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if config_sizes:
+        from . import hf
+
+        allowed = {"hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"}
+        unknown = set(config_sizes) - allowed
+        if unknown or widths is not None or not hf.is_hf_model(model):
+            raise TypeError(f"widen: config sizes ({', '.join(sorted(config_sizes))}) apply to Hugging Face models "
+                            f"only, instead of `widths`; known: {sorted(allowed)}")
+        return hf.widen_hf(model, seed=seed, probe_inputs=example_inputs, check=check, **config_sizes)
+    if widths is None or example_inputs is None:
+        raise TypeError("widen needs `widths` and `example_inputs` (or, for a Hugging Face model, config sizes)")
     if not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     coupling = couple(model, example_inputs)

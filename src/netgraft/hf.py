@@ -1,0 +1,491 @@
+"""Hugging Face transformers (GPT-2, BERT, LLaMA-style): widen and deepen in config terms, exactly, into a plain model
+of the same class (no wrapper modules, ties kept), so ``save_pretrained`` / ``from_pretrained`` just work.
+
+Each family is a table: parameter name pattern -> what each axis of the tensor is (hidden stream "H", query heads "Q",
+key/value heads "KV", fused q|k|v "QKV", feed-forward "F", or fixed) and whether the axis is written (rows: copied)
+or read (columns: summed over, so split between the copies). The grown model is built from the new config (on the
+meta device, no init cost) and filled with the mapped tensors; every tensor must be claimed by the table, so an
+unknown layout raises instead of being guessed.
+
+Exact rules (REFERENCE section 4): the hidden stream grows by integer uniform replication (LayerNorm/RMSNorm means
+and variances unchanged); heads are copied whole with head_dim fixed (rotary untouched) and, with grouped-query
+attention, kv-heads grow with them (group size fixed); the FFN grows by Net2Net duplication (SwiGLU's gate and up
+together); a tied output layer keeps its tie and the final norm absorbs the replication factor. Depth: pre-norm
+blocks (GPT-2, LLaMA) are copies of their predecessor with the attention-out and FFN-down projections zeroed; a
+post-norm BERT layer is made an identity by moving the previous layer's output LayerNorm affine into the new layer's
+last LayerNorm (the new layer's first LayerNorm and the previous one become unit/zero affine: exact up to O(eps)).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .certify import Certificate, bound_for
+
+W, R = "w", "r"  # an axis written (rows, vectors: copied) or read (columns: split between copies)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    rules: tuple[tuple[str, tuple[tuple[str, str] | None, ...]], ...]  # regex -> per-axis (space, role) or None
+    final_norm: str  # prefix of the final norm (absorbs the factor when the output layer is tied)
+    layers: str  # regex capturing the layer index
+    hidden_keys: tuple[str, ...]  # config attribute names (primary first)
+    ffn_keys: tuple[str, ...]
+    head_keys: tuple[str, ...]
+    kv_keys: tuple[str, ...]
+    layer_keys: tuple[str, ...]
+    pre_norm: bool
+    zero_on_insert: tuple[str, ...]  # in an inserted pre-norm layer: these tensors are zeroed (output projections)
+    conv1d: bool = False  # GPT-2's Conv1D stores (in, out)
+
+
+_H_W, _H_R = ("H", W), ("H", R)
+GPT2 = Family(
+    "gpt2", ("gpt2",),
+    (
+        (r"(transformer\.)?wte\.weight", (None, _H_W)),
+        (r"(transformer\.)?wpe\.weight", (None, _H_W)),
+        (r"(transformer\.)?h\.\d+\.ln_[12]\.(weight|bias)", (_H_W,)),
+        (r"(transformer\.)?h\.\d+\.attn\.c_attn\.weight", (_H_R, ("QKV", W))),
+        (r"(transformer\.)?h\.\d+\.attn\.c_attn\.bias", (("QKV", W),)),
+        (r"(transformer\.)?h\.\d+\.attn\.c_proj\.weight", (("Q", R), _H_W)),
+        (r"(transformer\.)?h\.\d+\.(attn|mlp)\.c_proj\.bias", (_H_W,)),
+        (r"(transformer\.)?h\.\d+\.mlp\.c_fc\.weight", (_H_R, ("F", W))),
+        (r"(transformer\.)?h\.\d+\.mlp\.c_fc\.bias", (("F", W),)),
+        (r"(transformer\.)?h\.\d+\.mlp\.c_proj\.weight", (("F", R), _H_W)),
+        (r"(transformer\.)?ln_f\.(weight|bias)", (_H_W,)),
+        (r"lm_head\.weight", (None, _H_R)),
+    ),
+    "ln_f", r"(?:transformer\.)?h\.(\d+)\.", ("n_embd",), ("n_inner",), ("n_head",), (), ("n_layer",), True,
+    ("attn.c_proj.weight", "attn.c_proj.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"), conv1d=True,
+)
+BERT = Family(
+    "bert", ("bert",),
+    (
+        (r"(bert\.)?embeddings\.(word|position|token_type)_embeddings\.weight", (None, _H_W)),
+        (r"(bert\.)?embeddings\.LayerNorm\.(weight|bias)", (_H_W,)),
+        (r"(bert\.)?encoder\.layer\.\d+\.attention\.self\.(query|key|value)\.weight", (("Q", W), _H_R)),
+        (r"(bert\.)?encoder\.layer\.\d+\.attention\.self\.(query|key|value)\.bias", (("Q", W),)),
+        (r"(bert\.)?encoder\.layer\.\d+\.attention\.output\.dense\.weight", (_H_W, ("Q", R))),
+        (r"(bert\.)?encoder\.layer\.\d+\.(attention\.)?output\.(dense\.bias|LayerNorm\.(weight|bias))", (_H_W,)),
+        (r"(bert\.)?encoder\.layer\.\d+\.intermediate\.dense\.weight", (("F", W), _H_R)),
+        (r"(bert\.)?encoder\.layer\.\d+\.intermediate\.dense\.bias", (("F", W),)),
+        (r"(bert\.)?encoder\.layer\.\d+\.output\.dense\.weight", (_H_W, ("F", R))),
+        (r"(bert\.)?pooler\.dense\.weight", (_H_W, _H_R)),
+        (r"(bert\.)?pooler\.dense\.bias", (_H_W,)),
+    ),
+    "", r"(?:bert\.)?encoder\.layer\.(\d+)\.", ("hidden_size",), ("intermediate_size",), ("num_attention_heads",),
+    (), ("num_hidden_layers",), False, (),
+)
+LLAMA = Family(
+    "llama", ("llama", "mistral", "qwen2"),
+    (
+        (r"(model\.)?embed_tokens\.weight", (None, _H_W)),
+        (r"(model\.)?layers\.\d+\.self_attn\.q_proj\.weight", (("Q", W), _H_R)),
+        (r"(model\.)?layers\.\d+\.self_attn\.q_proj\.bias", (("Q", W),)),
+        (r"(model\.)?layers\.\d+\.self_attn\.[kv]_proj\.weight", (("KV", W), _H_R)),
+        (r"(model\.)?layers\.\d+\.self_attn\.[kv]_proj\.bias", (("KV", W),)),
+        (r"(model\.)?layers\.\d+\.self_attn\.o_proj\.weight", (_H_W, ("Q", R))),
+        (r"(model\.)?layers\.\d+\.(self_attn\.o_proj|mlp\.down_proj)\.bias", (_H_W,)),
+        (r"(model\.)?layers\.\d+\.mlp\.(gate|up)_proj\.weight", (("F", W), _H_R)),
+        (r"(model\.)?layers\.\d+\.mlp\.(gate|up)_proj\.bias", (("F", W),)),
+        (r"(model\.)?layers\.\d+\.mlp\.down_proj\.weight", (_H_W, ("F", R))),
+        (r"(model\.)?layers\.\d+\.(input|post_attention)_layernorm\.weight", (_H_W,)),
+        (r"(model\.)?norm\.weight", (_H_W,)),
+        (r"lm_head\.weight", (None, _H_R)),
+    ),
+    "norm", r"(?:model\.)?layers\.(\d+)\.", ("hidden_size",), ("intermediate_size",), ("num_attention_heads",),
+    ("num_key_value_heads",), ("num_hidden_layers",), True,
+    ("self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.weight", "mlp.down_proj.bias"),
+)
+FAMILIES = (GPT2, BERT, LLAMA)
+
+
+class HFError(ValueError):
+    """A Hugging Face model netgraft cannot grow as asked (unknown family, impossible size): names the reason."""
+
+
+def family_of(model_or_config: Any) -> Family:
+    config = getattr(model_or_config, "config", model_or_config)
+    mt = getattr(config, "model_type", None)
+    for fam in FAMILIES:
+        if mt in fam.model_types:
+            return fam
+    raise HFError(f"unknown model family '{mt}': netgraft grows {', '.join(t for f in FAMILIES for t in f.model_types)}"
+                  f" (add a Family table in netgraft/hf.py for another one)")
+
+
+def is_hf_model(model: Any) -> bool:
+    return hasattr(model, "config") and hasattr(model, "save_pretrained") and isinstance(model, nn.Module)
+
+
+def _get(config: Any, keys: tuple[str, ...], default: Any = None) -> Any:
+    for k in keys:
+        v = getattr(config, k, None)
+        if v is not None:
+            return v
+    return default
+
+
+@dataclass
+class Sizes:
+    hidden: int
+    ffn: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    layers: int
+
+    @classmethod
+    def of(cls, config: Any, fam: Family) -> Sizes:
+        hidden = _get(config, fam.hidden_keys)
+        heads = _get(config, fam.head_keys)
+        head_dim = getattr(config, "head_dim", None) or hidden // heads
+        ffn = _get(config, fam.ffn_keys) or 4 * hidden  # GPT-2: n_inner None means 4 x n_embd
+        return cls(hidden, ffn, heads, _get(config, fam.kv_keys, heads), head_dim, _get(config, fam.layer_keys))
+
+
+@dataclass
+class AxisMap:
+    src: torch.Tensor  # new index -> old index
+    count: torch.Tensor  # number of copies of src[j] (readers divide by it)
+
+
+def _tile(n: int, new: int) -> AxisMap:
+    src = torch.arange(new) % n
+    return AxisMap(src, torch.bincount(src, minlength=n)[src].double())
+
+
+def _net2net(n: int, new: int, gen: np.random.Generator) -> AxisMap:
+    src = torch.from_numpy(np.concatenate([np.arange(n), gen.integers(0, n, new - n)]))
+    return AxisMap(src, torch.bincount(src, minlength=n)[src].double())
+
+
+def _heads(m: AxisMap, head_dim: int) -> AxisMap:
+    """A map over heads expanded to their head_dim features."""
+    off = torch.arange(head_dim)
+    return AxisMap((m.src[:, None] * head_dim + off).reshape(-1), m.count.repeat_interleave(head_dim))
+
+
+def _concat(parts: list[AxisMap], old_part: int) -> AxisMap:
+    return AxisMap(torch.cat([p.src + i * old_part for i, p in enumerate(parts)]), torch.cat([p.count for p in parts]))
+
+
+@dataclass
+class Plan:
+    old: Sizes
+    new: Sizes
+    maps: dict[str, AxisMap] = field(default_factory=dict)
+
+    @property
+    def hidden_factor(self) -> int:
+        return self.new.hidden // self.old.hidden
+
+
+def plan_widen(config: Any, fam: Family, hidden_size: int | None, intermediate_size: int | None,
+               num_attention_heads: int | None, num_key_value_heads: int | None, seed: int | None) -> Plan:
+    old = Sizes.of(config, fam)
+    hidden = hidden_size or old.hidden
+    if hidden < old.hidden or hidden % old.hidden:
+        raise HFError(f"hidden_size {hidden}: the hidden stream grows exactly by integer replication only (LayerNorm/"
+                      f"RMSNorm statistics); valid sizes: {[old.hidden * k for k in range(1, 5)]}")
+    k = hidden // old.hidden
+    # heads grow with the stream when they tile it (hidden = heads x head_dim, the usual layout), else stay
+    heads = num_attention_heads or (old.heads * k if old.heads * old.head_dim == old.hidden else old.heads)
+    if fam.name != "llama" and heads * old.head_dim != hidden:
+        raise HFError(f"num_attention_heads {heads} with hidden_size {hidden} would change head_dim from "
+                      f"{old.head_dim} to {hidden / heads:g} (the q.k scale cannot follow exactly); use "
+                      f"num_attention_heads={hidden // old.head_dim}")
+    if heads < old.heads:
+        raise HFError(f"num_attention_heads {heads} is below the current {old.heads}")
+    group = old.heads // old.kv_heads
+    kv = num_key_value_heads or (heads // group if heads % group == 0 else None)
+    if kv is None or kv * group != heads or kv < old.kv_heads:
+        raise HFError(f"grouped-query attention: {old.heads} query heads share {old.kv_heads} key/value heads "
+                      f"(groups of {group}); growing exactly keeps the group size, so num_key_value_heads must be "
+                      f"num_attention_heads / {group} (got heads {heads}, kv heads {num_key_value_heads})")
+    ffn = intermediate_size or old.ffn
+    if ffn < old.ffn:
+        raise HFError(f"intermediate_size {ffn} is below the current {old.ffn}")
+    new = Sizes(hidden, ffn, heads, kv, old.head_dim, old.layers)
+    gen = np.random.default_rng(seed)
+    q = _heads(_tile(old.heads, heads), old.head_dim)
+    plan = Plan(old, new, {"H": _tile(old.hidden, hidden), "F": _net2net(old.ffn, ffn, gen), "Q": q,
+                           "KV": _heads(_tile(old.kv_heads, kv), old.head_dim)})
+    plan.maps["QKV"] = _concat([q, q, q], old.heads * old.head_dim)
+    return plan
+
+
+def new_config(config: Any, fam: Family, sizes: Sizes) -> Any:
+    cfg = copy.deepcopy(config)
+    for keys, value in ((fam.hidden_keys, sizes.hidden), (fam.ffn_keys, sizes.ffn), (fam.head_keys, sizes.heads),
+                        (fam.kv_keys, sizes.kv_heads), (fam.layer_keys, sizes.layers)):
+        for key in keys:
+            setattr(cfg, key, value)
+    if fam.name == "llama":
+        cfg.head_dim = sizes.head_dim  # never derived again from hidden / heads
+    return cfg
+
+
+def _rule(fam: Family, name: str) -> tuple:
+    for pattern, axes in fam.rules:
+        if re.fullmatch(pattern, name):
+            return axes
+    raise HFError(f"parameter '{name}' of this {fam.name} model has no rule in netgraft's table (an unknown head or "
+                  f"layer type); add one to netgraft/hf.py")
+
+
+def _tied(model: nn.Module) -> bool:
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    return out is not None and inp is not None and out.weight is inp.weight
+
+
+def _map_tensor(t: torch.Tensor, axes: tuple, plan: Plan) -> torch.Tensor:
+    if len(axes) != t.dim():
+        raise HFError(f"tensor of shape {tuple(t.shape)} does not match its rule ({len(axes)} axes)")
+    out = t
+    for axis, spec in enumerate(axes):
+        if spec is None:
+            continue
+        space, role = spec
+        m = plan.maps[space]
+        out = out.index_select(axis, m.src.to(t.device))
+        if role == R:
+            shape = [1] * t.dim()
+            shape[axis] = -1
+            out = out / m.count.to(device=t.device, dtype=t.dtype).reshape(shape)
+    return out
+
+
+def widen_state(model: nn.Module, fam: Family, plan: Plan) -> dict[str, torch.Tensor]:
+    tied = _tied(model)
+    out: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        if tied and name.endswith("lm_head.weight"):
+            continue  # the tie is restored on the new model
+        new = _map_tensor(t.detach(), _rule(fam, name), plan)  # GPT-2's Conv1D rules list (in, out)
+        if tied and re.fullmatch(rf"(\w+\.)?{fam.final_norm}\.(weight|bias)", name) and fam.final_norm:
+            new = new / plan.hidden_factor  # tied output layer sums k copies: the final norm absorbs the factor
+        out[name] = new
+    return out
+
+
+def build_like(model: nn.Module, config: Any, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A model of the same class from `config`, on the meta device (no init), filled with `state`; non-persistent
+    buffers (rotary inv_freq, position ids) are copied from `model` (their shapes do not depend on the sizes)."""
+    with torch.device("meta"):
+        new = type(model)(config)
+    missing = set(new.state_dict()) - set(state)
+    tied = _tied(new)
+    if tied:
+        missing = {n for n in missing if not n.endswith("lm_head.weight")}
+    if missing:
+        raise HFError(f"the grown model has tensors netgraft did not fill: {sorted(missing)[:5]}")
+    new.load_state_dict(state, strict=False, assign=True)
+    if tied:
+        new.tie_weights()
+    persistent = set(new.state_dict())
+    old_buffers = dict(model.named_buffers())
+    for name, buf in list(new.named_buffers()):
+        if name in persistent:
+            continue
+        src = old_buffers.get(name)
+        if src is None or src.shape != buf.shape:
+            raise HFError(f"non-persistent buffer '{name}' cannot be carried over")
+        mod_path, _, attr = name.rpartition(".")
+        new.get_submodule(mod_path)._buffers[attr] = src.clone()
+    for name, p in new.named_parameters():
+        if p.is_meta:
+            raise HFError(f"parameter '{name}' was left on the meta device")
+    new.train(model.training)
+    return new
+
+
+# ------------------------------------------------------------------------------------------------------- depth
+def insertion_points(old_layers: int, new_layers: int) -> list[int]:
+    """After which old layer each new layer goes, spread evenly: 6 -> 12 one after every layer, 4 -> 6 after layers 1
+    and 3, 6 -> 18 two after every layer."""
+    extra = new_layers - old_layers
+    return [-(-(i + 1) * old_layers // extra) - 1 for i in range(extra)]
+
+
+def deepen_state(model: nn.Module, fam: Family, new_layers: int) -> dict[str, torch.Tensor]:
+    old = Sizes.of(model.config, fam).layers
+    if new_layers <= old:
+        raise HFError(f"num_hidden_layers {new_layers} must exceed the current {old}")
+    after = insertion_points(old, new_layers)
+    layer_re = re.compile(fam.layers)
+    per_layer: dict[int, dict[str, torch.Tensor]] = {}
+    rest: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        m = layer_re.match(name)
+        if m:
+            per_layer.setdefault(int(m.group(1)), {})[name[m.end():]] = t.detach()
+        else:
+            rest[name] = t.detach()
+    sample = next(n for n in model.state_dict() if layer_re.match(n))
+    prefix = sample[: layer_re.match(sample).start(1)]
+    out = dict(rest)
+    j = 0
+    for i in range(old):
+        layer = dict(per_layer[i])
+        inserts = after.count(i)
+        if not fam.pre_norm and inserts:
+            carried = (layer["output.LayerNorm.weight"], layer["output.LayerNorm.bias"])
+            layer["output.LayerNorm.weight"] = torch.ones_like(carried[0])
+            layer["output.LayerNorm.bias"] = torch.zeros_like(carried[1])
+        for k, v in layer.items():
+            out[f"{prefix}{j}.{k}"] = v.clone()
+        j += 1
+        for n in range(inserts):
+            new = {k: v.clone() for k, v in per_layer[i].items()}
+            if fam.pre_norm:
+                for k in fam.zero_on_insert:
+                    if k in new:
+                        new[k].zero_()
+            else:  # post-norm BERT: zero both residual branches, unit first LayerNorm, carry the affine last
+                for k in ("attention.output.dense.weight", "attention.output.dense.bias", "output.dense.weight",
+                          "output.dense.bias"):
+                    new[k].zero_()
+                new["attention.output.LayerNorm.weight"].fill_(1.0)
+                new["attention.output.LayerNorm.bias"].zero_()
+                last = n == inserts - 1
+                new["output.LayerNorm.weight"] = carried[0].clone() if last else torch.ones_like(carried[0])
+                new["output.LayerNorm.bias"] = carried[1].clone() if last else torch.zeros_like(carried[1])
+            for k, v in new.items():
+                out[f"{prefix}{j}.{k}"] = v
+            j += 1
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ certificates
+def probe_inputs(model: nn.Module, batch: int = 2, length: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
+    config = model.config
+    vocab = config.vocab_size
+    positions = _get(config, ("max_position_embeddings", "n_positions"), length)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, min(length, positions)), generator=g)
+    device = next(model.parameters()).device
+    return {"input_ids": ids.to(device)}
+
+
+def _outputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(**inputs)
+    finally:
+        model.train(was)
+    names = ("logits", "last_hidden_state", "pooler_output")
+    return [getattr(out, n) for n in names if getattr(out, n, None) is not None]
+
+
+def certify(old: nn.Module, new: nn.Module, inputs: dict[str, torch.Tensor], hidden_map: AxisMap | None) -> Certificate:
+    """Max |delta| of logits / hidden states on `inputs`. A hidden stream grown by replication is compared with the
+    old one replicated by the same map (the grown model's features are copies of the old ones)."""
+    ref, got = _outputs(old, inputs), _outputs(new, inputs)
+    max_abs = max_ref = 0.0
+    for a, b in zip(ref, got, strict=True):
+        if a.shape != b.shape:
+            if hidden_map is None:
+                raise HFError(f"output shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+            a = a.index_select(-1, hidden_map.src.to(a.device))
+        max_abs = max(max_abs, float((a.double() - b.double()).abs().max()))
+        max_ref = max(max_ref, float(a.abs().max()))
+    dtype = ref[0].dtype
+    # Hugging Face norms compute their statistics in float32 even in a float64 model (LlamaRMSNorm upcasts to
+    # float32 only): the float32 bound applies to every model of at most float64.
+    bound = bound_for(torch.float32 if dtype == torch.float64 else dtype, max_ref)
+    return Certificate(max_abs, max_abs / max_ref if max_ref else 0.0, max_ref, bound, str(dtype).replace("torch.", ""),
+                       "eval", len(ref), max_abs <= bound or not math.isfinite(bound))
+
+
+def describe(model_or_config: Any) -> dict[str, Any]:
+    """Family, sizes and what netgraft can do exactly for this model (used by ``netgraft inspect``)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    fam = family_of(config)
+    s = Sizes.of(config, fam)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    return {
+        "family": fam.name, "model_type": config.model_type, "architectures": getattr(config, "architectures", None),
+        "hidden_size": s.hidden, "intermediate_size": s.ffn, "num_attention_heads": s.heads,
+        "num_key_value_heads": s.kv_heads, "head_dim": s.head_dim, "num_hidden_layers": s.layers,
+        "tied_embeddings": tied,
+        "exact": {
+            "hidden_size": f"integer multiples of {s.hidden} (uniform replication; heads grow with it, head_dim "
+                           f"{s.head_dim} fixed)",
+            "intermediate_size": f"any size >= {s.ffn} (Net2Net duplication)",
+            "num_attention_heads": ("any multiple of the kv group size (head_dim fixed)" if fam.name == "llama"
+                                    and getattr(config, "head_dim", None) else "follows hidden_size (head_dim fixed)"),
+            "num_hidden_layers": (f"any number > {s.layers} (pre-norm blocks with zeroed output projections)"
+                                  if fam.pre_norm else f"any number > {s.layers} (post-norm identity layers: "
+                                  "LayerNorm affine moved, residual branches zeroed; exact up to O(eps))"),
+            "head_dim": "never (the q.k scale and rotary embeddings cannot follow exactly)",
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------------- public entry
+@dataclass
+class HFReport:
+    """What a Hugging Face growth did: config changes and the certificate (logits / hidden states on probe ids)."""
+
+    family: str
+    changes: dict[str, tuple[int, int]]
+    certificate: Certificate
+
+    def __str__(self) -> str:
+        lines = [f"{self.family}: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.changes.items())]
+        return "\n".join([*lines, f"certificate: {self.certificate}"])
+
+
+def _finish(model: nn.Module, new: nn.Module, fam: Family, old: Sizes, now: Sizes, probe: Any,
+            hidden_map: AxisMap | None, check: bool) -> nn.Module:
+    from .errors import NotPreservedError
+
+    inputs = probe if probe is not None else probe_inputs(model)
+    cert = certify(model, new, inputs, hidden_map)
+    names = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+    pairs = zip(names, (old.hidden, old.ffn, old.heads, old.kv_heads, old.layers),
+                (now.hidden, now.ffn, now.heads, now.kv_heads, now.layers), strict=True)
+    shown = {n: (a, b) for n, a, b in pairs if a != b and (fam.kv_keys or n != "num_key_value_heads")}
+    report = HFReport(fam.name, shown, cert)
+    new.netgraft_report = report
+    new.netgraft_certificate = cert
+    if check and not cert.passed:
+        raise NotPreservedError(f"growing the {fam.name} model did not preserve its outputs: {cert}")
+    return new
+
+
+def widen_hf(model: nn.Module, *, hidden_size: int | None = None, intermediate_size: int | None = None,
+             num_attention_heads: int | None = None, num_key_value_heads: int | None = None,
+             seed: int | None = None, probe_inputs: Any = None, check: bool = True) -> nn.Module:
+    """The `widen` path for Hugging Face models (sizes in config terms); see `netgraft.widen`."""
+    fam = family_of(model)
+    plan = plan_widen(model.config, fam, hidden_size, intermediate_size, num_attention_heads, num_key_value_heads,
+                      seed)
+    new = build_like(model, new_config(model.config, fam, plan.new), widen_state(model, fam, plan))
+    hidden_map = plan.maps["H"] if plan.hidden_factor > 1 else None
+    return _finish(model, new, fam, plan.old, plan.new, probe_inputs, hidden_map, check)
+
+
+def deepen_hf(model: nn.Module, *, num_hidden_layers: int, probe_inputs: Any = None, check: bool = True) -> nn.Module:
+    """The `deepen` path for Hugging Face models; see `netgraft.deepen`."""
+    fam = family_of(model)
+    old = Sizes.of(model.config, fam)
+    now = copy.copy(old)
+    now.layers = int(num_hidden_layers)
+    new = build_like(model, new_config(model.config, fam, now), deepen_state(model, fam, now.layers))
+    return _finish(model, new, fam, old, now, probe_inputs, None, check)
