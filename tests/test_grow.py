@@ -387,3 +387,96 @@ def test_new_batchnorm_channels_are_identity_units() -> None:
         bn = model[1]
         assert bn.weight[4:].tolist() == [pytest.approx(want)] * 2 and bn.bias[4:].tolist() == [0.0, 0.0]
         assert bn.running_mean[4:].tolist() == [0.0, 0.0] and bn.running_var[4:].tolist() == [1.0, 1.0]
+
+
+# ------------------------------------------------------------------------------------------ review regressions
+def test_a_parameter_held_by_a_live_graph_fails_cleanly_and_restores_the_model() -> None:
+    torch.manual_seed(0)
+    model = _mlp()
+    x, y = _data("mlp", torch.float32)
+    kept = model(x)  # its autograd graph saved the weights
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="still holds it"):
+        netgraft.grow_(model, {"0": 7}, init="zeros", batch=(x, y))
+    assert model[0].out_features == 5 and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    del kept
+    netgraft.grow_(model, {"0": 7}, init="zeros", batch=(x, y))  # fine once the graph is gone
+    assert model[0].out_features == 7
+
+
+@pytest.mark.parametrize("act", [nn.ReLU6, lambda: nn.Hardtanh(0.0, 2.0)])
+def test_relu6_and_hardtanh_at_zero_are_dead_too(act) -> None:
+    model = nn.Sequential(nn.Linear(6, 5), act(), nn.Linear(5, 3))
+    with pytest.raises(ValueError, match="relu6"):
+        netgraft.grow_(model, {"0": 7}, loss_fn=_mse, batch=_data("mlp", torch.float32))
+    netgraft.grow_(nn.Sequential(nn.Linear(6, 5), nn.Hardtanh(), nn.Linear(5, 3)), {"0": 7}, loss_fn=_mse,
+                   batch=_data("mlp", torch.float32))  # Hardtanh(-1, 1) has derivative 1 at 0
+
+
+class _Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.out = nn.Linear(4, 10, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.emb(t)))
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.f, self.out = nn.Linear(6, 5), nn.Linear(5, 5), nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.out(h + torch.tanh(self.f(h)))
+
+
+@pytest.mark.parametrize("init", ["zeros", "random"])
+def test_tied_and_residual_widths_grow_exactly(init: str) -> None:
+    torch.manual_seed(0)
+    tied = _Tied().double()
+    t = torch.randint(0, 10, (4, 7))
+    before = copy.deepcopy(tied)
+    netgraft.grow_(tied, {"emb": 6}, init=init, example_inputs=(t,))
+    assert tied.out.weight is tied.emb.weight and tied.emb.weight.shape == (10, 6)
+    assert netgraft.check_preserved(before, tied, (t,)).max_abs <= 1e-10
+    res = _Residual().double()
+    x = _data("mlp")[0]
+    before = copy.deepcopy(res)
+    netgraft.grow_(res, {"inp": 8}, init=init, example_inputs=(x,))
+    assert netgraft.check_preserved(before, res, (x,), train=True).max_abs <= 1e-10
+
+
+def test_gradmax_refuses_what_it_cannot_measure_with_a_clear_message() -> None:
+    batch = _data("cnn")
+    strided_dw = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Tanh(), nn.Conv2d(4, 4, 3, groups=4, padding=1, stride=2),
+                               nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).double()
+    flat = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 64, 3)).double()
+    gn = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.Tanh(), nn.Conv2d(4, 5, 3),
+                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)).double()
+    same = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 5, 3, padding="same"),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)).double()
+    for model, widths, match in ((strided_dw, {"0": 6}, "conv2d"), (flat, {"0": 6}, "global average|blocks"),
+                                 (gn, {"0": 8}, "blocks"), (same, {"0": 6}, "padding='same'")):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(ValueError, match=match):
+            netgraft.grow_(model, widths, loss_fn=_ce, batch=batch)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        netgraft.grow_(model, widths, init="random", batch=batch)  # the other inits still work there
+
+
+def test_pending_gradients_move_with_the_weights() -> None:
+    torch.manual_seed(0)
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = _data("mlp", torch.float32)
+    _mse(model, batch).backward()
+    g_old = model[0].weight.grad.clone()
+    netgraft.grow_(model, {"0": 7}, optimizer=opt, init="random", batch=batch)
+    assert torch.equal(model[0].weight.grad[:5], g_old) and float(model[0].weight.grad[5:].abs().max()) == 0
+    w_old = model[0].weight.detach()[:5].clone()
+    opt.step()  # the step of the backward above, on the grown shapes
+    assert torch.allclose(model[0].weight.detach()[:5], w_old - 0.1 * g_old)

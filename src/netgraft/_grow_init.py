@@ -10,7 +10,7 @@ that is summed over ("fanin") is the fan-out of the unit in the next layer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ class GroupPlan:
     passthrough: list[tuple[str, int]]  # (tensor, axis) of identity units (norms, depthwise convs)
     consumers: list[tuple[str, int]]  # (tensor, axis) summed over: the fan-out
     path_ops: list[str]  # op names between the writer and the consumers
+    dead_ops: list[str] = field(default_factory=list)  # among them, activations with derivative 0 at 0
 
 
 def _leaf_ids(space: sp.Space) -> set[int]:
@@ -62,18 +63,25 @@ def plan_group(coupling: Coupling, g: Group) -> GroupPlan:
             consumers.append(key)
         if COPY not in m.roles:
             continue
-        reads_unit = any(v.param is None and any(ids & _leaf_ids(d) for d in v.dims)
-                         for op in tr.role_ops.get(key, []) for v in op.inputs)
-        (passthrough if reads_unit else writers).append(key)
+        if FANIN in m.roles:  # a tied tensor (embedding reused as output layer): zero new columns are exact
+            writers.append(key)
+            continue
+        ops = tr.role_ops.get(key, [])
+        # pass-through: a per-unit op (BatchNorm, depthwise conv) that reads the unit and does not sum over the
+        # group; a Linear/Conv that sums over it (a residual stream feeding its own width) writes new units
+        sums = any(role == FANIN and ids & _leaf_ids(tr.param_dims[p][a]) for op in ops for p, a, role in op.roles)
+        reads = any(v.param is None and any(ids & _leaf_ids(d) for d in v.dims) for op in ops for v in op.inputs)
+        (passthrough if reads and not sums else writers).append(key)
     return GroupPlan(g, g.name or str(g.members[0]), writers, passthrough, consumers,
-                     _path_ops(coupling, writers, ids))
+                     *_path(coupling, writers, ids))
 
 
-def _path_ops(coupling: Coupling, writers: list[tuple[str, int]], ids: set[int]) -> list[str]:
-    """Names of the ops the new units flow through (every op whose output still carries the grown dimension) from
-    their writers up to the layers that sum over them."""
+def _path(coupling: Coupling, writers: list[tuple[str, int]], ids: set[int]) -> tuple[list[str], list[str]]:
+    """The ops the new units flow through (every op whose output still carries the grown dimension) from their
+    writers up to the layers that sum over them: their names, and those that have derivative 0 at 0."""
     tr = coupling.trace
     names: list[str] = []
+    dead: list[str] = []
     todo: list[Value] = [v for key in writers for op in tr.role_ops.get(key, []) for v in op.outputs]
     seen: set[int] = set()
     while todo:
@@ -86,11 +94,17 @@ def _path_ops(coupling: Coupling, writers: list[tuple[str, int]], ids: set[int])
             if carried:
                 names.append(op.name)
                 todo.extend(carried)
-    return names
+                if op.name in _DEAD_AT_ZERO or (op.name == "hardtanh" and _num(op.arg(1, "min_val", -1.0)) >= 0):
+                    dead.append("relu6" if op.name == "hardtanh" else op.name)  # ReLU6 is traced as hardtanh(0, 6)
+    return names, dead
+
+
+def _num(x: object) -> float:
+    return float(x) if isinstance(x, (int, float)) else -1.0
 
 
 def check_alive(plan: GroupPlan, init: str) -> None:
-    dead = sorted(set(plan.path_ops) & _DEAD_AT_ZERO)
+    dead = sorted(set(plan.dead_ops))
     if dead and init in ("gradmax", "random"):
         raise ValueError(
             f"grow_(init='{init}'): the new units of '{plan.key}' pass through {dead[0]} before the next layer. A unit "
@@ -182,11 +196,22 @@ def gradmax_matrix(model: nn.Module, plan: GroupPlan, loss_fn, batch) -> torch.T
     c_name, c_axis = _single(plan.consumers, "next", plan)
     writer = _layer(model, w_name, w_axis, 0, plan)
     consumer = _layer(model, c_name, c_axis, 1, plan)
-    allowed = _ELEMENTWISE | _POOL | {"conv1d", "conv2d"}  # a depthwise conv in between is a Dirac identity unit
+    layouts = {m.layout for m in plan.group.members if (m.tensor, m.axis) in {(w_name, w_axis), (c_name, c_axis)}}
+    if plan.group.unit != 1 or layouts - {""}:
+        raise ValueError(f"grow_(init='gradmax'): '{plan.key}' grows in blocks of units (a GroupNorm's groups, "
+                         f"heads or a flattened map); use init='random', 'zeros' or 'net2net' for this dimension")
+    if isinstance(consumer.padding, str) if isinstance(consumer, nn.modules.conv._ConvNd) else False:
+        raise ValueError(f"grow_(init='gradmax'): '{c_name}' has padding='{consumer.padding}'; use integer padding")
+    pooled = isinstance(consumer, nn.Linear) and not isinstance(writer, nn.Linear)
+    # a depthwise conv in between is a Dirac identity unit, but only a 1x1 map reaches a pooled Linear unchanged
+    allowed = _ELEMENTWISE | (_POOL if pooled else {"conv1d", "conv2d"})
     odd = [n for n in plan.path_ops if n not in allowed]
+    if pooled and not {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "mean"} & set(plan.path_ops):
+        odd = odd or ["flatten (no global average pooling)"]
     if odd:
         raise ValueError(f"grow_(init='gradmax'): between '{w_name}' and '{c_name}' the units pass through "
-                         f"'{odd[0]}'; only activations, norms, dropout and global average pooling are supported")
+                         f"'{odd[0]}'; supported: activations, norms, dropout, depthwise convs between convs, and a "
+                         f"global average pool before a Linear. Use init='random', 'zeros' or 'net2net' here")
     seen: dict[str, list] = {"h": [], "x": [], "y": []}
     hooks = [writer.register_forward_pre_hook(lambda m, a: seen["h"].append(a[0].detach())),
              consumer.register_forward_pre_hook(lambda m, a: seen["x"].append(a[0].detach())),
@@ -209,7 +234,7 @@ def gradmax_matrix(model: nn.Module, plan: GroupPlan, loss_fn, batch) -> torch.T
             raise ValueError(f"grow_(init='gradmax'): '{w_name}' (Linear) must feed '{c_name}' (Linear) directly")
         return g.reshape(-1, g.shape[-1]).T @ h.reshape(-1, h.shape[-1])
     patches = _unfold(h, writer)  # (B, D_in, P)
-    if isinstance(consumer, nn.Linear):  # global average pooling in between (checked on the path above)
+    if pooled:  # global average pooling in between (checked on the path above)
         if x.dim() != 2:
             raise ValueError(f"grow_(init='gradmax'): '{c_name}' reads the conv map flattened; only global pooling "
                              f"before a Linear is supported")
@@ -227,7 +252,7 @@ def gradmax_matrix(model: nn.Module, plan: GroupPlan, loss_fn, batch) -> torch.T
 def top_directions(m: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """k unit fan-out vectors maximising sum ||M^T v||^2: the top left singular vectors of M; beyond the rank of M
     (or the fan-out size) orthogonal random completions. Returns (D_out x k vectors, the k singular values)."""
-    u, s, _ = torch.linalg.svd(m.double(), full_matrices=True)
+    u, s, _ = torch.linalg.svd(m.detach().double().cpu(), full_matrices=True)  # small: on the CPU, with the RNG
     d_out = m.shape[0]
     take = min(k, d_out)
     vecs, vals = [u[:, :take]], [torch.cat([s, s.new_zeros(max(0, d_out - len(s)))])[:take]]

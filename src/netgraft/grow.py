@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,14 +101,14 @@ class _ZeroFanIn:
             return t.new_zeros(small)
         norm = self.target_norm(t, axis)
         if self.init == "random":
-            v = torch.randn(small, generator=self.gen, dtype=torch.float64)
+            v = torch.randn(small, generator=self.gen, dtype=torch.float64)  # CPU generator: moved below
         else:
             d = self.directions[(name, axis)]  # (D_out, k), D_out = the other axes of the weight, flattened
             v = d.T.reshape(n_new, *[s for i, s in enumerate(t.shape) if i != axis]).movedim(0, axis)
         v = v / v.movedim(axis, 0).flatten(1).norm(dim=1).clamp_min(1e-30).reshape(
             [n_new if i == axis else 1 for i in range(t.dim())])
         self.fan_out_norm[name] = norm
-        return (v * norm).to(t.dtype)
+        return (v * norm).to(device=t.device, dtype=t.dtype)
 
     def tensor(self, name: str) -> torch.Tensor | None:
         tr = self.c.trace
@@ -146,36 +147,37 @@ class _ZeroFanIn:
         return out
 
 
-def _transport_state(optimizer, coupling, maps: SpaceMaps, origin: SpaceMaps, init: str,  # noqa: ANN001
-                     names: dict[int, str]) -> dict[int, dict[str, Any]]:
-    tr = coupling.trace
-    out: dict[int, dict[str, Any]] = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            name = names.get(id(p))
-            state = optimizer.state.get(p)
-            if name is None or not state or name not in tr.param_dims:
-                continue
-            dims = tr.param_dims[name]
-            axis_maps = {a: m for a, s in enumerate(dims) if (m := maps.torch_map(s, p.device)) is not None}
-            if not axis_maps:
-                continue
-            new_state = {}
-            for key, v in state.items():
-                if not (isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(p.shape)):
-                    new_state[key] = v
+class _Transport:
+    """Moves per-parameter tensors (optimizer state, pending gradients) with the weights' maps: gathered, scaled like
+    each copy's gradient for Net2Net (`power` 1 for first moments and gradients, 2 for second moments), zero for the
+    new units of zero fan-in inits."""
+
+    def __init__(self, coupling, maps: SpaceMaps, origin: SpaceMaps, init: str):  # noqa: ANN001
+        self.tr, self.maps, self.origin, self.init = coupling.trace, maps, origin, init
+
+    def __call__(self, name: str, v: torch.Tensor, power: int) -> torch.Tensor:
+        dims = self.tr.param_dims[name]
+        axis_maps = {a: m for a, s in enumerate(dims) if (m := self.maps.torch_map(s, v.device)) is not None}
+        fracs = {}
+        if self.init == "net2net":
+            fracs = {a: m[1] ** power for a, m in axis_maps.items() if self.tr.roles.get((name, a)) == {COPY}}
+        moved = _expand(v.detach(), {a: m[0] for a, m in axis_maps.items()}, fracs)
+        if self.init != "net2net":
+            for a in axis_maps:
+                moved.index_fill_(a, _new_positions(self.origin, dims[a], v.device), 0.0)
+        return moved
+
+    def optimizer_state(self, optimizer, names: dict[int, str], grown: set[str]) -> dict[int, dict[str, Any]]:  # noqa: ANN001
+        out: dict[int, dict[str, Any]] = {}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                name, state = names.get(id(p)), optimizer.state.get(p)
+                if name not in grown or not state:
                     continue
-                power = STATE_POWER[key]
-                fracs = {}
-                if init == "net2net":
-                    fracs = {a: m[1] ** power for a, m in axis_maps.items() if tr.roles.get((name, a)) == {COPY}}
-                moved = _expand(v.detach(), {a: m[0] for a, m in axis_maps.items()}, fracs)
-                if init != "net2net":
-                    for a in axis_maps:
-                        moved.index_fill_(a, _new_positions(origin, dims[a], p.device), 0.0)
-                new_state[key] = moved
-            out[id(p)] = new_state
-    return out
+                out[id(p)] = {key: self(name, v, STATE_POWER[key])
+                              if isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(p.shape) else v
+                              for key, v in state.items()}
+        return out
 
 
 def grow_(
@@ -291,10 +293,14 @@ def grow_(
         fan_out_norm = {p.key: builder.fan_out_norm[p.consumers[0][0]] for p in plans
                         if p.consumers and p.consumers[0][0] in builder.fan_out_norm}
     names = {id(t): n for n, t in coupling.trace.tensors_by_name.items()}
-    state = _transport_state(optimizer, coupling, maps, origin, init, names) if optimizer is not None else {}
+    transport = _Transport(coupling, maps, origin, init)
+    state = transport.optimizer_state(optimizer, names, set(new)) if optimizer is not None else {}
+    # pending gradients (grow_ called between backward() and step()) move too, so that step updates every weight
+    grads = {n: transport(n, t.grad, 1) for n, t in coupling.trace.tensors_by_name.items()
+             if n in new and isinstance(t, nn.Parameter) and t.grad is not None}
     reference = reference_outputs(model, example_inputs, coupling.trace.output_tensors)
 
-    undo = _write(model, coupling, new, lambda s: _total(s, planner.sizes))
+    undo = _write(model, coupling, new, grads, lambda s: _total(s, planner.sizes))
     cert = compare_outputs(reference, model, example_inputs)
     if check and not cert.passed:
         undo()
@@ -310,34 +316,17 @@ def grow_(
     return model
 
 
-def _write(model: nn.Module, coupling, new: dict[str, torch.Tensor], sizes_of):  # noqa: ANN001
-    """Put the new tensors into the model's own Parameters/buffers and update attributes; returns an undo."""
+def _write(model: nn.Module, coupling, new: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],  # noqa: ANN001
+           sizes_of) -> Callable[[], None]:  # noqa: ANN001
+    """Put the new tensors into the model's own Parameters/buffers and update attributes; returns an undo. An error
+    part-way restores what was already written."""
     tr = coupling.trace
     saved: list = []
-    owners = {}
+    owners: dict[int, list] = {}
     for _, mod in model.named_modules(remove_duplicate=False):
         for attr, b in mod._buffers.items():
             if b is not None:
                 owners.setdefault(id(b), []).append((mod, attr))
-    with torch.no_grad():
-        for name, t in new.items():
-            old = tr.tensors_by_name[name]
-            if isinstance(old, nn.Parameter):
-                # swap_tensors, not `.data =`: autograd caches a parameter's shape in its gradient accumulator
-                grad, old.grad = old.grad, None  # a gradient of the old shape would break the next step
-                holder = nn.Parameter(t, requires_grad=old.requires_grad)
-                torch.utils.swap_tensors(old, holder)
-                saved.append(("param", old, holder, grad))
-            else:
-                for mod, attr in owners.get(id(old), []):
-                    saved.append(("buffer", mod, attr, old))
-                    mod._buffers[attr] = t
-        for setter in tr.attrs:
-            module = model.get_submodule(setter.module) if setter.module else model
-            value = tuple(sizes_of(s) for s in setter.spaces) if isinstance(setter.spaces, tuple) else sizes_of(
-                setter.spaces)
-            saved.append(("attr", module, setter.attr, getattr(module, setter.attr)))
-            setattr(module, setter.attr, value)
 
     def undo() -> None:
         with torch.no_grad():
@@ -349,7 +338,40 @@ def _write(model: nn.Module, coupling, new: dict[str, torch.Tensor], sizes_of): 
                     a._buffers[b] = c
                 else:
                     setattr(a, b, c)
+            saved.clear()
 
+    try:
+        with torch.no_grad():
+            for name, t in new.items():
+                old = tr.tensors_by_name[name]
+                if isinstance(old, nn.Parameter):
+                    # swap_tensors, not `.data =`: autograd caches a parameter's shape in its gradient accumulator
+                    grad, old.grad = old.grad, None
+                    holder = nn.Parameter(t, requires_grad=old.requires_grad)
+                    try:
+                        torch.utils.swap_tensors(old, holder)
+                    except RuntimeError as err:
+                        old.grad = grad
+                        raise RuntimeError(
+                            f"grow_: cannot resize parameter '{name}' in place ({err}). Something still holds it: "
+                            f"usually an output kept from an earlier forward pass (its autograd graph saved the "
+                            f"weight) - delete it or .detach() it before growing. The model was left unchanged"
+                        ) from err
+                    saved.append(("param", old, holder, grad))
+                    old.grad = grads.get(name)
+                else:
+                    for mod, attr in owners.get(id(old), []):
+                        saved.append(("buffer", mod, attr, old))
+                        mod._buffers[attr] = t
+            for setter in tr.attrs:
+                module = model.get_submodule(setter.module) if setter.module else model
+                value = tuple(sizes_of(s) for s in setter.spaces) if isinstance(setter.spaces, tuple) else sizes_of(
+                    setter.spaces)
+                saved.append(("attr", module, setter.attr, getattr(module, setter.attr)))
+                setattr(module, setter.attr, value)
+    except BaseException:
+        undo()
+        raise
     return undo
 
 

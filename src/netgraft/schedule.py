@@ -71,6 +71,9 @@ class GrowthSchedule:
                 raise ValueError(f"every and times must be positive ints (or give `at`), got {every!r}, {times!r}")
             first = every if start is None else int(start)
             steps = [first + i * every for i in range(times)]
+        if one_at_a_time and len(steps) < len(targets):
+            raise ValueError(f"{len(steps)} growth event(s) for {len(targets)} dimensions one at a time: some would "
+                             f"never grow")
         self.model, self.targets, self.steps = model, dict(targets), steps
         self.one_at_a_time = one_at_a_time
         self.grow_kwargs = {"optimizer": optimizer, "init": init, "loss_fn": loss_fn, **grow_kwargs}
@@ -100,7 +103,8 @@ class GrowthSchedule:
         return events
 
     def step(self, step: int, batch: Any = None) -> GrowReport | None:
-        """Call once per training step (before the optimizer step); grows when `step` is a growth step."""
+        """Call once per training step (anywhere in it: pending gradients and optimizer state move with the
+        weights); grows when `step` is a growth step."""
         if step not in self.steps:
             return None
         inputs = self.example_inputs if self.example_inputs is not None else _inputs_of(batch)
