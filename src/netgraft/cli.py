@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 class CliError(Exception):
     """A one-line reason for a non-zero exit."""
@@ -79,7 +81,7 @@ def load_model(src: Path) -> Any:
     if cls is None:
         cls = transformers.AutoModel
     try:
-        return cls.from_pretrained(src, use_safetensors=True)
+        return cls.from_pretrained(src, use_safetensors=True, dtype="auto")  # keep the checkpoint's dtype
     except Exception as err:  # noqa: BLE001
         raise CliError(f"{src}: cannot load the weights ({type(err).__name__}: {str(err).splitlines()[0]})") from err
 
@@ -135,8 +137,9 @@ def _grow(args: argparse.Namespace, op: str) -> int:
         raise CliError(str(err).splitlines()[0]) from err
     bar.update()
     bar.set_postfix_str("saving")
+    del model  # the source is no longer needed: its memory is free before the result is written
     with atomic_dir(out, args.force) as tmp:
-        grown.save_pretrained(tmp, safe_serialization=True)
+        save_streaming(grown, tmp)
         for extra in src.iterdir():  # tokenizer and other side files travel along
             if extra.is_file() and extra.suffix != ".safetensors" and extra.name not in ("config.json",) and \
                     not extra.name.endswith(".index.json") and not (tmp / extra.name).exists():
@@ -150,6 +153,40 @@ def _grow(args: argparse.Namespace, op: str) -> int:
     print(grown.netgraft_report)
     print(f"wrote {out}")
     return 0
+
+
+def save_streaming(model: Any, out: Path) -> None:
+    """`save_pretrained` for the config, and the weights written tensor by tensor into model.safetensors (the
+    safetensors format: 8-byte header size, JSON header, raw little-endian data) so that no second copy of the
+    whole model is built in memory. Tied tensors are stored once, as save_pretrained does."""
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(out)
+    names = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",
+             torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL", torch.int8: "I8"}
+    tensors, seen = [], set()
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen:  # a tied weight (lm_head = embeddings): from_pretrained ties it again
+            continue
+        seen.add(key)
+        tensors.append((name, t))
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, t in tensors:
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+    with open(out / "model.safetensors", "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for _, t in tensors:
+            if t.numel():  # the tensor's own bytes, through the buffer protocol: no copy of them
+                f.write(memoryview(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -260,11 +260,11 @@ def _map_tensor(t: torch.Tensor, axes: tuple, plan: Plan) -> torch.Tensor:
             continue
         space, role = spec
         m = plan.maps[space]
-        out = out.index_select(axis, m.src.to(t.device))
+        out = out.index_select(axis, m.src.to(t.device))  # a new tensor: the division below can be in place
         if role == R:
             shape = [1] * t.dim()
             shape[axis] = -1
-            out = out / m.count.to(device=t.device, dtype=t.dtype).reshape(shape)
+            out.div_(m.count.to(device=t.device, dtype=t.dtype).reshape(shape))
     return out
 
 
