@@ -265,3 +265,23 @@ def test_cli_refuses_pickle_checkpoints_and_unknown_families(tmp_path, capsys) -
     transformers.T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=32).save_pretrained(t5)
     assert main(["inspect", str(t5)]) == 2
     assert "unknown model family" in capsys.readouterr().err
+
+
+def test_bfloat16_models_grow_exactly_and_are_certified_in_float32() -> None:
+    from netgraft.hf import _power_of_two_shares
+
+    assert _power_of_two_shares(3) == [0.5, 0.25, 0.25] and sum(_power_of_two_shares(7)) == 1.0
+    m = _build("llama-gqa-tied").to(torch.bfloat16)
+    w = netgraft.widen(m, hidden_size=96, seed=0)  # 3 copies of each stream feature: shares 1/2, 1/4, 1/4
+    assert next(w.parameters()).dtype == torch.bfloat16
+    assert w.netgraft_certificate.passed and w.netgraft_certificate.max_abs < 1e-5
+    f = netgraft.widen(m, intermediate_size=150, seed=0)
+    assert f.netgraft_certificate.passed and f.netgraft_certificate.max_abs < 1e-5
+    # the copies of each FFN unit's down_proj column add up to the original bit for bf16 bit
+    up_old, up_new = m.model.layers[0].mlp.up_proj.weight, f.model.layers[0].mlp.up_proj.weight
+    down_old, down_new = m.model.layers[0].mlp.down_proj.weight, f.model.layers[0].mlp.down_proj.weight
+    totals: dict[int, torch.Tensor] = {}
+    for j in range(150):
+        i = int((up_new[j] == up_old).all(1).nonzero()[0])  # the unit copied into j
+        totals[i] = totals.get(i, 0) + down_new[:, j].double()
+    assert all(torch.equal(totals[i], down_old[:, i].double()) for i in range(48))

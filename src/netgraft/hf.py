@@ -18,14 +18,17 @@ last LayerNorm (the new layer's first LayerNorm and the previous one become unit
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .certify import Certificate, bound_for
@@ -159,27 +162,47 @@ class Sizes:
 @dataclass
 class AxisMap:
     src: torch.Tensor  # new index -> old index
-    count: torch.Tensor  # number of copies of src[j] (readers divide by it)
+    frac: torch.Tensor  # share of src[j]'s fan-out that copy j carries (the copies of one unit sum to exactly 1)
+
+
+def _power_of_two_shares(count: int) -> list[float]:
+    """`count` powers of two summing to 1 (3 -> 1/2, 1/4, 1/4): multiplying by them is exact in any binary float
+    format, bfloat16 included, so the copies of a column always add up to the original bit for bit."""
+    shares = [1.0]
+    while len(shares) < count:
+        shares.sort(reverse=True)
+        half = shares.pop(0) / 2
+        shares += [half, half]
+    return sorted(shares, reverse=True)
+
+
+def _with_shares(src: torch.Tensor, n: int) -> AxisMap:
+    counts = torch.bincount(src, minlength=n).tolist()
+    given = [0] * n
+    shares = {c: _power_of_two_shares(c) for c in set(counts)}
+    frac = []
+    for s in src.tolist():
+        frac.append(shares[counts[s]][given[s]])
+        given[s] += 1
+    return AxisMap(src, torch.tensor(frac, dtype=torch.float64))
 
 
 def _tile(n: int, new: int) -> AxisMap:
-    src = torch.arange(new) % n
-    return AxisMap(src, torch.bincount(src, minlength=n)[src].double())
+    return _with_shares(torch.arange(new) % n, n)
 
 
 def _net2net(n: int, new: int, gen: np.random.Generator) -> AxisMap:
-    src = torch.from_numpy(np.concatenate([np.arange(n), gen.integers(0, n, new - n)]))
-    return AxisMap(src, torch.bincount(src, minlength=n)[src].double())
+    return _with_shares(torch.from_numpy(np.concatenate([np.arange(n), gen.integers(0, n, new - n)])), n)
 
 
 def _heads(m: AxisMap, head_dim: int) -> AxisMap:
     """A map over heads expanded to their head_dim features."""
     off = torch.arange(head_dim)
-    return AxisMap((m.src[:, None] * head_dim + off).reshape(-1), m.count.repeat_interleave(head_dim))
+    return AxisMap((m.src[:, None] * head_dim + off).reshape(-1), m.frac.repeat_interleave(head_dim))
 
 
 def _concat(parts: list[AxisMap], old_part: int) -> AxisMap:
-    return AxisMap(torch.cat([p.src + i * old_part for i, p in enumerate(parts)]), torch.cat([p.count for p in parts]))
+    return AxisMap(torch.cat([p.src + i * old_part for i, p in enumerate(parts)]), torch.cat([p.frac for p in parts]))
 
 
 @dataclass
@@ -264,7 +287,7 @@ def _map_tensor(t: torch.Tensor, axes: tuple, plan: Plan) -> torch.Tensor:
         if role == R:
             shape = [1] * t.dim()
             shape[axis] = -1
-            out.div_(m.count.to(device=t.device, dtype=t.dtype).reshape(shape))
+            out.mul_(m.frac.to(device=t.device, dtype=t.dtype).reshape(shape))
     return out
 
 
@@ -276,7 +299,8 @@ def widen_state(model: nn.Module, fam: Family, plan: Plan) -> dict[str, torch.Te
             continue  # the tie is restored on the new model
         new = _map_tensor(t.detach(), _rule(fam, name), plan)  # GPT-2's Conv1D rules list (in, out)
         if tied and re.fullmatch(rf"(\w+\.)?{fam.final_norm}\.(weight|bias)", name) and fam.final_norm:
-            new = new / plan.hidden_factor  # tied output layer sums k copies: the final norm absorbs the factor
+            # the tied output layer sums the copies of each feature: the final norm gives each copy its share
+            new.mul_(plan.maps["H"].frac.to(device=new.device, dtype=new.dtype))
         out[name] = new
     return out
 
@@ -380,11 +404,66 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 12, seed: int =
     return {"input_ids": ids.to(device)}
 
 
+_CHUNK = 1 << 22  # elements of a weight upcast at once while certifying a half-precision Linear (16 MiB)
+
+
+def _chunked_linear(module: nn.Linear) -> Any:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        w, b = module.weight, module.bias
+        rows = max(1, _CHUNK // max(1, w.shape[1]))
+        x = x.float()
+        return torch.cat([F.linear(x, w[i:i + rows].float(), None if b is None else b[i:i + rows].float())
+                          for i in range(0, w.shape[0], rows)], dim=-1)
+    return forward
+
+
+@contextlib.contextmanager
+def _float32_compute(model: nn.Module) -> Iterator[None]:
+    """Run a bfloat16/float16 model in float32 without a float32 copy of it: Linear layers multiply by their weight
+    upcast a slice at a time, embeddings look up in half precision (exact) and return float32, and every other
+    module's own half-precision tensors are upcast (exactly) just for its forward and restored after it."""
+    half = (torch.bfloat16, torch.float16)
+
+    def pre(module: nn.Module, args: tuple) -> None:
+        saved = []
+        for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            if t.dtype in half:
+                saved.append((t, t.data))
+                t.data = t.data.float()
+        module._netgraft_saved = saved
+
+    def post(module: nn.Module, args: tuple, out: Any) -> Any:
+        for t, data in getattr(module, "_netgraft_saved", []):
+            t.data = data
+        module._netgraft_saved = []
+        return out
+
+    handles, patched = [], []
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            m.forward = _chunked_linear(m)
+            patched.append(m)
+        elif isinstance(m, nn.Embedding):
+            handles.append(m.register_forward_hook(lambda mod, a, out: out.float()))
+        else:
+            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m in patched:
+            del m.forward  # back to the class's forward
+        for m in model.modules():
+            post(m, (), None)
+
+
 def _outputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     was = model.training
     model.eval()
+    low = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), (_float32_compute(model) if low else contextlib.nullcontext()):
             out = model(**inputs)
     finally:
         model.train(was)
@@ -406,8 +485,8 @@ def certify(old: nn.Module, new: nn.Module, inputs: dict[str, torch.Tensor], hid
         max_ref = max(max_ref, float(a.abs().max()))
     dtype = ref[0].dtype
     # Hugging Face norms compute their statistics in float32 even in a float64 model (LlamaRMSNorm upcasts to
-    # float32 only): the float32 bound applies to every model of at most float64.
-    bound = bound_for(torch.float32 if dtype == torch.float64 else dtype, max_ref)
+    # float32 only), and half-precision models are certified in float32 (`_float32_compute`): the float32 bound.
+    bound = bound_for(torch.float32, max_ref)
     return Certificate(max_abs, max_abs / max_ref if max_ref else 0.0, max_ref, bound, str(dtype).replace("torch.", ""),
                        "eval", len(ref), max_abs <= bound or not math.isfinite(bound))
 
