@@ -328,10 +328,11 @@ def main() -> None:
     heading("6. Results")
     print_results(small_acc, grown_curves, scratch_curves)
     plot(pre, grown_curves, scratch_curves, PLOT_PATH)
-    print(f"\nplot: {PLOT_PATH.relative_to(REPO)}")
     print(f"total time {time.perf_counter() - t_start:.1f} s")
-    print("next: `make test` (exactness on 20+ architectures), "
-          "`make bench` (widen time and memory at 100M parameters)")
+    print(f"\nthe plot is at {PLOT_PATH}")
+    print("try next: `make test` (exactness on 20+ architectures and real Hugging Face models); "
+          "`.venv/bin/netgraft inspect <hf-model-dir>` then `netgraft widen|deepen` (grow a transformer exactly); "
+          "`make bench-quick` (growth vs scratch in FLOPs, GradMax, injection; README tables)")
 
 
 if __name__ == "__main__":
