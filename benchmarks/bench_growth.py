@@ -371,6 +371,17 @@ class Language:
 
 
 # ---------------------------------------------------------------------------------------------------- summary
+def _loss_at(curve: list, flops: float) -> float:
+    """The validation loss of a run when it had used `flops` (linear between evaluations)."""
+    prev = curve[0]
+    for point in curve[1:]:
+        if point[1] >= flops:
+            f = (flops - prev[1]) / (point[1] - prev[1]) if point[1] > prev[1] else 1.0
+            return prev[3] + f * (point[3] - prev[3])
+        prev = point
+    return curve[-1][3]
+
+
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     scratch = runs["scratch"]
     out: dict[str, Any] = {}
@@ -382,6 +393,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             s_flops, s_wall = reach(s["curve"], target)
             hit = reach(r["curve"], target)
             per_seed.append({"target": target, "final_loss": r["curve"][-1][3],
+                             "scratch_loss_at_same_flops": _loss_at(s["curve"], r["curve"][-1][1]),
+                             "flops_vs_scratch": r["curve"][-1][1] / s["curve"][-1][1],
                              "flops_to_target": hit[0] if hit else None,
                              "flop_savings": (1 - hit[0] / s_flops) if hit else None,
                              "wall_savings": (1 - hit[1] / s_wall) if hit and s_wall else None,
@@ -395,6 +408,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "wall_savings_mean": statistics.fmean(walls) if len(walls) == len(per_seed) else None,
             "final_loss_mean": statistics.fmean(p["final_loss"] for p in per_seed),
             "final_loss_std": statistics.pstdev([p["final_loss"] for p in per_seed]),
+            "scratch_loss_at_same_flops": statistics.fmean(p["scratch_loss_at_same_flops"] for p in per_seed),
+            "flops_vs_scratch": statistics.fmean(p["flops_vs_scratch"] for p in per_seed),
             "accuracy_mean": statistics.fmean(r["accuracy"] for r in rs) if "accuracy" in rs[0] else None,
             "loss_jump_at_growth": (statistics.fmean(r["loss_jump_at_growth"] for r in rs)
                                     if rs[0].get("loss_jump_at_growth") is not None else None),
@@ -427,7 +442,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("training TFLOPs (cumulative, incl. the small model)")
         ax.set_ylabel("validation loss")
         ax.set_title(name)
-        ax.set_ylim(top=min(ax.get_ylim()[1], target * 3))
+        ax.set_yscale("log")
+        lows = [c[3] for rs in w["runs"].values() for r in rs for c in r["curve"]]
+        ax.set_ylim(min(lows) * 0.9, target * 3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -453,7 +470,11 @@ def readme_markdown() -> str:
                 "final val loss": f"{s['final_loss_mean']:.4f} +- {s['final_loss_std']:.3f}",
                 "reached scratch's final loss": s["reached"],
                 "FLOPs saved (mean, min)": "-" if variant == "scratch" else (
-                    f"{fs:.0%}, {s['flop_savings_min']:.0%}" if fs is not None else "not in every seed"),
+                    f"{fs:.0%}, {s['flop_savings_min']:.0%}" if fs is not None else
+                    "not reached" if s["reached"].startswith("0/") else "not in every seed"),
+                "total FLOPs / scratch's": f"{s['flops_vs_scratch']:.2f}",
+                "scratch's val loss at the same FLOPs": "-" if variant == "scratch" else
+                f"{s['scratch_loss_at_same_flops']:.4f}",
                 "wall time saved": "-" if variant == "scratch" or s["wall_savings_mean"] is None
                 else f"{s['wall_savings_mean']:.0%}",
                 "val loss change at growth": f"{s['loss_jump_at_growth']:+.2g}"
