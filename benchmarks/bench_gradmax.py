@@ -149,13 +149,9 @@ class CnnMnist1d:
 
 
 def load_mnist1d() -> dict[str, torch.Tensor]:
-    from mnist1d.data import get_dataset_args, make_dataset
+    from offline_data import mnist1d
 
-    d = make_dataset(get_dataset_args())
-    x, xt = (torch.as_tensor(d[k], dtype=torch.float32) for k in ("x", "x_test"))
-    mean, std = x.mean(), x.std()
-    return {"x": ((x - mean) / std).unsqueeze(1), "y": torch.as_tensor(d["y"]).long(),
-            "x_test": ((xt - mean) / std).unsqueeze(1), "y_test": torch.as_tensor(d["y_test"]).long()}
+    return mnist1d()
 
 
 # ------------------------------------------------------------------------------------------------------- runs

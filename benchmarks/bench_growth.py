@@ -170,13 +170,9 @@ def corner_(large: nn.Module, small_layers: list[nn.Module], large_layers: list[
 
 # ----------------------------------------------------------------------------------------------------- vision
 def load_mnist1d() -> dict[str, torch.Tensor]:
-    from mnist1d.data import get_dataset_args, make_dataset
+    from offline_data import mnist1d
 
-    d = make_dataset(get_dataset_args())
-    x, xt = (torch.as_tensor(d[k], dtype=torch.float32) for k in ("x", "x_test"))
-    mean, std = x.mean(), x.std()
-    return {"x": ((x - mean) / std).unsqueeze(1), "y": torch.as_tensor(d["y"]).long(),
-            "x_val": ((xt - mean) / std).unsqueeze(1), "y_val": torch.as_tensor(d["y_test"]).long()}
+    return mnist1d()
 
 
 def cnn(widths: tuple[int, int, int]) -> nn.Sequential:
@@ -213,12 +209,12 @@ class Vision:
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> float:
         model.eval()
-        return float(F.cross_entropy(model(self.data["x_val"]), self.data["y_val"]))
+        return float(F.cross_entropy(model(self.data["x_test"]), self.data["y_test"]))
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module) -> float:
         model.eval()
-        return float((model(self.data["x_val"]).argmax(1) == self.data["y_val"]).float().mean())
+        return float((model(self.data["x_test"]).argmax(1) == self.data["y_test"]).float().mean())
 
     def grow(self, small: nn.Module, factor: float, seed: int) -> nn.Module:
         x = self.data["x"][:256]

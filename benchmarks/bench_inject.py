@@ -120,15 +120,9 @@ def n_params(model: nn.Module) -> int:
 
 # ------------------------------------------------------------------------------------------------------- data
 def load_data() -> dict[str, torch.Tensor]:
-    from mnist1d.data import get_dataset_args, make_dataset
+    from offline_data import mnist1d
 
-    args = get_dataset_args()
-    args.seed = DATA_SEED
-    d = make_dataset(args)
-    x, xt = (torch.as_tensor(d[k], dtype=torch.float32) for k in ("x", "x_test"))
-    mean, std = x.mean(), x.std()
-    return {"x": ((x - mean) / std).unsqueeze(1), "y": torch.as_tensor(d["y"]).long(),
-            "x_test": ((xt - mean) / std).unsqueeze(1), "y_test": torch.as_tensor(d["y_test"]).long()}
+    return mnist1d(DATA_SEED)
 
 
 def batches(n: int, steps: int, seed: int) -> list[torch.Tensor]:

@@ -22,11 +22,11 @@ from torch import nn
 from ._apply import _expand, grow_tensors
 from ._grow_init import GroupPlan, check_alive, gradmax_matrix, identity_value, plan_group, top_directions
 from ._optim_state import STATE_POWER, check_optimizer
-from ._plan import LeafMap, Planner, SpaceMaps, _total
+from ._plan import LeafMap, SpaceMaps, _total
 from ._trace import COPY, FANIN
 from .certify import Certificate, compare_outputs, reference_outputs
 from .errors import NotPreservedError
-from .widen import changes_of, couple
+from .widen import changes_of, couple, plan_widths
 
 INITS = ("gradmax", "random", "zeros", "net2net")
 
@@ -255,16 +255,7 @@ def grow_(
     check_optimizer(optimizer, model)
 
     coupling = couple(model, example_inputs)
-    planner = Planner(coupling)
-    if isinstance(widths, dict):
-        for key, size in widths.items():
-            if not isinstance(size, numbers.Integral) or isinstance(size, bool):
-                raise TypeError(f"widths['{key}'] must be an int, got {size!r}")
-            planner.request_total(key, int(size))
-    elif isinstance(widths, numbers.Real) and not isinstance(widths, bool):
-        planner.request_factor(float(widths))
-    else:
-        raise TypeError(f"widths must be a dict {{module path: size}} or a float factor, got {type(widths).__name__}")
+    planner = plan_widths(coupling, widths)
     raw = planner.build_maps(noise, seed)
     maps = SpaceMaps(raw)
     origin = SpaceMaps({lid: LeafMap(m.src, (np.arange(len(m.src)) < coupling.by_leaf[lid].size).astype(float))

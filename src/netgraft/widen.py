@@ -95,6 +95,21 @@ def changes_of(coupling: Coupling, planner: Planner) -> list[tuple[str, int, int
             for g in coupling.groups if planner.sizes.get(g.leaf.id, g.size) != g.size]
 
 
+def plan_widths(coupling: Coupling, widths: dict[str, int] | float) -> Planner:
+    """A planner holding the requested sizes: ``{module path: size}`` or one float factor (checked here)."""
+    planner = Planner(coupling)
+    if isinstance(widths, dict):
+        for key, size in widths.items():
+            if not isinstance(size, numbers.Integral) or isinstance(size, bool):
+                raise TypeError(f"widths['{key}'] must be an int, got {size!r}")
+            planner.request_total(key, int(size))
+    elif isinstance(widths, numbers.Real) and not isinstance(widths, bool):
+        planner.request_factor(float(widths))
+    else:
+        raise TypeError(f"widths must be a dict {{module path: size}} or a float factor, got {type(widths).__name__}")
+    return planner
+
+
 def widen(
     model: nn.Module,
     widths: dict[str, int] | float | None = None,
@@ -148,16 +163,7 @@ def widen(
     if not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     coupling = couple(model, example_inputs)
-    planner = Planner(coupling)
-    if isinstance(widths, dict):
-        for key, size in widths.items():
-            if not isinstance(size, numbers.Integral) or isinstance(size, bool):
-                raise TypeError(f"widths['{key}'] must be an int, got {size!r}")
-            planner.request_total(key, int(size))
-    elif isinstance(widths, numbers.Real) and not isinstance(widths, bool):
-        planner.request_factor(float(widths))
-    else:
-        raise TypeError(f"widths must be a dict {{module path: size}} or a float factor, got {type(widths).__name__}")
+    planner = plan_widths(coupling, widths)
     maps = SpaceMaps(planner.build_maps(noise, seed))
     result = build_model(coupling, maps, lambda s: _total(s, planner.sizes))
     try:
