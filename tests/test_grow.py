@@ -480,3 +480,28 @@ def test_pending_gradients_move_with_the_weights() -> None:
     w_old = model[0].weight.detach()[:5].clone()
     opt.step()  # the step of the backward above, on the grown shapes
     assert torch.allclose(model[0].weight.detach()[:5], w_old - 0.1 * g_old)
+
+
+def test_the_certificate_also_checks_train_mode() -> None:
+    """A forward that differs in train mode (here a mean over the grown features, only when training) is invisible to
+    the eval-mode trace; the train-mode certificate catches it, rolls back and raises."""
+
+    class TrainOnlyMean(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 5), nn.Linear(5, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.a(x))
+            if self.training:
+                h = h + h.mean(dim=1, keepdim=True)  # zero new units change this mean
+            return self.b(h)
+
+    torch.manual_seed(0)
+    model = TrainOnlyMean().double()
+    with pytest.raises(netgraft.NotPreservedError, match="train mode"):
+        netgraft.grow_(model, {"a": 7}, init="random", batch=_data("mlp"), seed=0)
+    assert model.a.out_features == 5 and model.a.weight.shape == (5, 6)
+    model.train(False)  # documented escape hatch: check=False skips both certificates
+    netgraft.grow_(model, {"a": 7}, init="random", batch=_data("mlp"), seed=0, check=False)
+    assert model.a.out_features == 7

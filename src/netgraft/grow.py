@@ -24,7 +24,7 @@ from ._grow_init import GroupPlan, check_alive, gradmax_matrix, identity_value, 
 from ._optim_state import STATE_POWER, check_optimizer
 from ._plan import LeafMap, SpaceMaps, _total
 from ._trace import COPY, FANIN
-from .certify import Certificate, compare_outputs, reference_outputs
+from .certify import Certificate, _run, compare_outputs, reference_outputs
 from .errors import NotPreservedError
 from .widen import changes_of, couple, plan_widths
 
@@ -220,7 +220,8 @@ def grow_(
             mode and lets the unit reach full scale after its first update; in train mode a channel that is constant
             0 has its gradient multiplied by gamma/sqrt(eps) (x316) - adaptive optimizers normalise that, with plain
             SGD pass None (gamma = sqrt(eps): gain 1, but the unit starts tiny).
-        check: certify the grown model on `example_inputs` (eval mode) and roll back + raise if it is not preserved.
+        check: certify the grown model on `example_inputs` (eval mode, and train mode when it has no dropout) and
+            roll back + raise if it is not preserved.
 
     GradMax details: M is computed as if f'(0) = 1 (the paper's assumption) with the layers in between as identity
     units (BatchNorm: see `bn_weight`; depthwise convs get Dirac filters). Activations with derivative 0 at 0 in
@@ -290,9 +291,16 @@ def grow_(
     grads = {n: transport(n, t.grad, 1) for n, t in coupling.trace.tensors_by_name.items()
              if n in new and isinstance(t, nn.Parameter) and t.grad is not None}
     reference = reference_outputs(model, example_inputs, coupling.trace.output_tensors)
+    # train mode too (the model is being trained), unless dropout makes its outputs random
+    random_modules = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+    train_check = check and not any(isinstance(m, random_modules) and m.p > 0 for m in model.modules())
+    reference_train = _run(model, example_inputs, True, 0) if train_check else None
 
     undo = _write(model, coupling, new, grads, lambda s: _total(s, planner.sizes))
     cert = compare_outputs(reference, model, example_inputs)
+    if train_check and cert.passed:
+        cert_train = compare_outputs(reference_train, model, example_inputs, train=True)
+        cert = cert if cert_train.passed else cert_train
     if check and not cert.passed:
         undo()
         raise NotPreservedError(f"grow_(init='{init}') did not preserve the function (an activation with f(0) != 0, "
