@@ -111,7 +111,7 @@ def test_llama_heads_at_fixed_hidden_and_gqa_rules() -> None:
     with pytest.raises(ValueError, match="group size"):
         netgraft.widen(m, num_attention_heads=8, num_key_value_heads=2)
     with pytest.raises(ValueError, match="integer replication"):
-        netgraft.widen(m, hidden_size=48)
+        netgraft.widen(_build("bert"), hidden_size=48)  # a LayerNorm stream: integer factors only
     with pytest.raises(ValueError, match="head_dim"):
         netgraft.widen(_build("gpt2"), hidden_size=64, num_attention_heads=4)
     with pytest.raises(ValueError, match="must exceed"):
@@ -299,3 +299,24 @@ def test_cli_on_the_real_minilm_directory(tmp_path) -> None:
     assert deep.config.num_hidden_layers == 12
     before = _sentence_embeddings(model, tok, SENTENCES)
     assert float((_sentence_embeddings(deep, tok2, SENTENCES) - before).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["llama-gqa-untied", "llama-gqa-tied"])
+def test_rmsnorm_stream_grows_to_any_size_by_zero_padding(name: str, tmp_path) -> None:
+    m = _build(name).double()
+    w = netgraft.widen(m, hidden_size=44, intermediate_size=70)
+    assert w.config.hidden_size == 44 and w.config.rms_norm_eps == pytest.approx(m.config.rms_norm_eps * 32 / 44)
+    assert w.netgraft_certificate.passed
+    ids = _ids(m)
+    assert _close(_out(m, ids), _out(w, ids)) <= 1e-5
+    assert float(w.model.embed_tokens.weight[:, 32:].abs().max()) == 0.0  # writers put zeros in the new features
+    w.save_pretrained(tmp_path)
+    assert torch.allclose(_out(type(m).from_pretrained(tmp_path).eval(), ids), _out(w, ids))
+    # the new features come alive: after two steps their writers have received gradient
+    w.train()
+    opt = torch.optim.Adam(w.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        w(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    assert float(w.model.layers[0].self_attn.o_proj.weight[32:].abs().max()) > 0

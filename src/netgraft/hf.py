@@ -51,6 +51,8 @@ class Family:
     pre_norm: bool
     zero_on_insert: tuple[str, ...]  # in an inserted pre-norm layer: these tensors are zeroed (output projections)
     conv1d: bool = False  # GPT-2's Conv1D stores (in, out)
+    rms_norm: bool = False  # RMSNorm over the stream (any hidden size by zero padding) rather than LayerNorm
+    eps_key: str = ""  # config attribute of the norms' epsilon
 
 
 _H_W, _H_R = ("H", W), ("H", R)
@@ -111,6 +113,7 @@ LLAMA = Family(
     "norm", r"(?:model\.)?layers\.(\d+)\.", ("hidden_size",), ("intermediate_size",), ("num_attention_heads",),
     ("num_key_value_heads",), ("num_hidden_layers",), True,
     ("self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.weight", "mlp.down_proj.bias"),
+    rms_norm=True, eps_key="rms_norm_eps",
 )
 FAMILIES = (GPT2, BERT, LLAMA)
 
@@ -210,20 +213,21 @@ class Plan:
     old: Sizes
     new: Sizes
     maps: dict[str, AxisMap] = field(default_factory=dict)
-
-    @property
-    def hidden_factor(self) -> int:
-        return self.new.hidden // self.old.hidden
+    pad: bool = False  # the stream grows by zero padding (RMSNorm models, any size) instead of replication
+    seed: int | None = None
 
 
 def plan_widen(config: Any, fam: Family, hidden_size: int | None, intermediate_size: int | None,
                num_attention_heads: int | None, num_key_value_heads: int | None, seed: int | None) -> Plan:
     old = Sizes.of(config, fam)
     hidden = hidden_size or old.hidden
-    if hidden < old.hidden or hidden % old.hidden:
-        raise HFError(f"hidden_size {hidden}: the hidden stream grows exactly by integer replication only (LayerNorm/"
-                      f"RMSNorm statistics); valid sizes: {[old.hidden * k for k in range(1, 5)]}")
-    k = hidden // old.hidden
+    if hidden < old.hidden:
+        raise HFError(f"hidden_size {hidden} is below the current {old.hidden}")
+    pad = hidden % old.hidden != 0
+    if pad and not fam.rms_norm:
+        raise HFError(f"hidden_size {hidden}: a LayerNorm stream ({fam.name}) grows exactly by integer replication "
+                      f"only (its mean and variance); valid sizes: {[old.hidden * k for k in range(1, 5)]}")
+    k = 1 if pad else hidden // old.hidden
     # heads grow with the stream when they tile it (hidden = heads x head_dim, the usual layout), else stay
     heads = num_attention_heads or (old.heads * k if old.heads * old.head_dim == old.hidden else old.heads)
     if fam.name != "llama" and heads * old.head_dim != hidden:
@@ -244,14 +248,20 @@ def plan_widen(config: Any, fam: Family, hidden_size: int | None, intermediate_s
     new = Sizes(hidden, ffn, heads, kv, old.head_dim, old.layers)
     gen = np.random.default_rng(seed)
     q = _heads(_tile(old.heads, heads), old.head_dim)
-    plan = Plan(old, new, {"H": _tile(old.hidden, hidden), "F": _net2net(old.ffn, ffn, gen), "Q": q,
-                           "KV": _heads(_tile(old.kv_heads, kv), old.head_dim)})
+    stream = AxisMap(torch.arange(hidden) % old.hidden, torch.ones(hidden, dtype=torch.float64)) if pad else \
+        _tile(old.hidden, hidden)  # padding: new features are overwritten below (zero rows, fresh columns)
+    plan = Plan(old, new, {"H": stream, "F": _net2net(old.ffn, ffn, gen), "Q": q,
+                           "KV": _heads(_tile(old.kv_heads, kv), old.head_dim)}, pad, seed)
     plan.maps["QKV"] = _concat([q, q, q], old.heads * old.head_dim)
     return plan
 
 
-def new_config(config: Any, fam: Family, sizes: Sizes) -> Any:
+def new_config(config: Any, fam: Family, sizes: Sizes, pad_from: int | None = None) -> Any:
+    """The config with the new sizes; with zero padding from `pad_from` features, the norms' epsilon scaled by
+    pad_from / hidden (the mean square over the wider stream is that much smaller, epsilon follows it)."""
     cfg = copy.deepcopy(config)
+    if pad_from is not None and fam.eps_key:
+        setattr(cfg, fam.eps_key, getattr(config, fam.eps_key) * pad_from / sizes.hidden)
     for keys, value in ((fam.hidden_keys, sizes.hidden), (fam.ffn_keys, sizes.ffn), (fam.head_keys, sizes.heads),
                         (fam.kv_keys, sizes.kv_heads), (fam.layer_keys, sizes.layers)):
         for key in keys:
@@ -290,13 +300,38 @@ def _map_tensor(t: torch.Tensor, axes: tuple, plan: Plan) -> torch.Tensor:
     return _expand(t, srcs, fracs) if srcs else t.clone()
 
 
+def _pad_stream_(new: torch.Tensor, old: torch.Tensor, axes: tuple, plan: Plan, name: str,
+                 gen: torch.Generator) -> None:
+    """Zero padding of an RMSNorm stream from d to D features. Writers put 0 in the new features (so the mean square
+    is d/D of the old one, and epsilon is scaled by d/D in the config); the norms' gains are multiplied by
+    sqrt(d/D), which cancels it exactly; readers get fresh random columns for the new features (they read zeros at
+    growth, and gradients then reach the new features' writers)."""
+    d, total = plan.old.hidden, plan.new.hidden
+    for axis, spec in enumerate(axes):
+        if spec is None or spec[0] != "H":
+            continue
+        fresh = new.narrow(axis, d, total - d)
+        if spec[1] == R:
+            std = float(old.float().std()) if old.numel() > 1 else 0.02
+            fresh.copy_(torch.randn(fresh.shape, generator=gen).to(fresh.dtype) * std)
+        elif new.dim() == 1 and re.search(r"norm\.weight$", name):  # a norm's gain
+            new.narrow(0, 0, d).mul_(math.sqrt(d / total))
+            fresh.fill_(float(new.narrow(0, 0, d).float().mean()))
+        else:
+            fresh.zero_()
+
+
 def widen_state(model: nn.Module, fam: Family, plan: Plan) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0 if plan.seed is None else plan.seed)
     tied = _tied(model)
     out: dict[str, torch.Tensor] = {}
     for name, t in model.state_dict().items():
         if tied and name.endswith("lm_head.weight"):
             continue  # the tie is restored on the new model
-        new = _map_tensor(t.detach(), _rule(fam, name), plan)  # GPT-2's Conv1D rules list (in, out)
+        axes = _rule(fam, name)
+        new = _map_tensor(t.detach(), axes, plan)  # GPT-2's Conv1D rules list (in, out)
+        if plan.pad:
+            _pad_stream_(new, t, axes, plan, name, gen)
         if tied and re.fullmatch(rf"(\w+\.)?{fam.final_norm}\.(weight|bias)", name) and fam.final_norm:
             # the tied output layer sums the copies of each feature: the final norm gives each copy its share
             new.mul_(plan.maps["H"].frac.to(device=new.device, dtype=new.dtype))
@@ -479,7 +514,9 @@ def certify(old: nn.Module, new: nn.Module, inputs: dict[str, torch.Tensor], hid
         if a.shape != b.shape:
             if hidden_map is None:
                 raise HFError(f"output shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-            a = a.index_select(-1, hidden_map.src.to(a.device))
+            src = hidden_map.src.to(a.device)  # -1: a padded feature, which must be 0
+            padded = torch.cat([a, torch.zeros_like(a[..., :1])], -1)
+            a = padded.index_select(-1, torch.where(src < 0, a.shape[-1], src))
         max_abs = max(max_abs, float((a.double() - b.double()).abs().max()))
         max_ref = max(max_ref, float(a.abs().max()))
     dtype = ref[0].dtype
@@ -554,8 +591,12 @@ def widen_hf(model: nn.Module, *, hidden_size: int | None = None, intermediate_s
     fam = family_of(model)
     plan = plan_widen(model.config, fam, hidden_size, intermediate_size, num_attention_heads, num_key_value_heads,
                       seed)
-    new = build_like(model, new_config(model.config, fam, plan.new), widen_state(model, fam, plan))
-    hidden_map = plan.maps["H"] if plan.hidden_factor > 1 else None
+    config = new_config(model.config, fam, plan.new, plan.old.hidden if plan.pad else None)
+    new = build_like(model, config, widen_state(model, fam, plan))
+    hidden_map = plan.maps["H"] if plan.new.hidden > plan.old.hidden else None
+    if plan.pad:  # the old features, then zeros: compare against the old output padded with zeros
+        hidden_map = AxisMap(torch.cat([torch.arange(plan.old.hidden),
+                                        torch.full((plan.new.hidden - plan.old.hidden,), -1)]), hidden_map.frac)
     return _finish(model, new, fam, plan.old, plan.new, probe_inputs, hidden_map, check)
 
 
