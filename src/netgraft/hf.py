@@ -10,10 +10,11 @@ unknown layout raises instead of being guessed.
 Exact rules (REFERENCE section 4): the hidden stream grows by integer uniform replication (LayerNorm/RMSNorm means
 and variances unchanged) or, under RMSNorm, to any size by zero padding (gains x sqrt(d/D), epsilon x d/D); heads
 are copied whole with head_dim fixed (rotary untouched) and, with grouped-query attention, kv-heads grow with them
-(group size fixed); the FFN grows by Net2Net duplication (SwiGLU's gate and up together); a tied output layer keeps its tie and the final norm absorbs the replication factor. Depth: pre-norm
-blocks (GPT-2, LLaMA) are copies of their predecessor with the attention-out and FFN-down projections zeroed; a
-post-norm BERT layer is made an identity by moving the previous layer's output LayerNorm affine into the new layer's
-last LayerNorm (the new layer's first LayerNorm and the previous one become unit/zero affine: exact up to O(eps)).
+(group size fixed); the FFN grows by Net2Net duplication (SwiGLU's gate and up together); a tied output layer keeps
+its tie and the final norm absorbs the replication factor. Depth: pre-norm blocks (GPT-2, LLaMA) are copies of their
+predecessor with the attention-out and FFN-down projections zeroed; a post-norm BERT layer is made an identity by
+moving the previous layer's output LayerNorm affine into the new layer's last LayerNorm (the new layer's first
+LayerNorm and the previous one become unit/zero affine: exact up to O(eps)).
 """
 
 from __future__ import annotations
