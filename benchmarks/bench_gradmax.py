@@ -23,7 +23,6 @@ README's ``gradmax`` section.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import platform
 import statistics
 import textwrap
@@ -284,12 +283,12 @@ def result_paths(quick: bool) -> tuple[Path, Path]:
 
 
 def readme_markdown() -> str:
-    from report import markdown_table
+    from report import markdown_table, stored_results
 
-    path = next((p for p in (result_paths(False)[0], result_paths(True)[0]) if p.exists()), None)
-    if path is None:
+    stored = stored_results("gradmax")
+    if not stored:
         return "(run `make bench` to fill this table)"
-    r = json.loads(path.read_text())
+    _, path, r = stored[0]  # the full run when there is one
     parts = []
     for name, p in r["protocols"].items():
         rows = []

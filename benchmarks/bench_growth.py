@@ -448,15 +448,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def readme_markdown() -> str:
-    import json
 
-    from report import markdown_table
-    from report import result_paths as paths
+    from report import markdown_table, stored_results
 
-    path = next((p for p in (paths("growth", False)[0], paths("growth", True)[0]) if p.exists()), None)
-    if path is None:
+    stored = stored_results("growth")
+    if not stored:
         return "(run `make bench` to fill this table)"
-    r = json.loads(path.read_text())
+    _, path, r = stored[0]  # the full run when there is one
     rows = []
     for name, w in r["workloads"].items():
         for variant, s in w["summary"].items():

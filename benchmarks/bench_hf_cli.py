@@ -162,14 +162,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def readme_markdown() -> str:
-    from report import markdown_table
+    from report import markdown_table, stored_results
 
     rows, sources = [], []
-    for quick in (False, True):
-        path = result_paths(quick)[0]
-        if not path.exists():
-            continue
-        r = json.loads(path.read_text())
+    for quick, path, r in stored_results("hf_cli"):
         base = r["jobs"]["copy tensors (baseline)"]
         for name in ("netgraft deepen", "netgraft widen"):
             j = r["jobs"][name]

@@ -314,14 +314,10 @@ def result_paths(quick: bool) -> tuple[Path, Path]:
 
 def readme_markdown() -> str:
     """The README's widen section, rebuilt from every result file present (full first, then quick)."""
-    from report import markdown_table  # benchmarks/ is on sys.path whenever a script here runs
+    from report import markdown_table, stored_results  # benchmarks/ is on sys.path whenever a script here runs
 
     rows, sources = [], []
-    for quick in (False, True):
-        path = result_paths(quick)[0]
-        if not path.exists():
-            continue
-        r = json.loads(path.read_text())
+    for quick, path, r in stored_results("widen"):
         secs, ratios, mem = r["seconds"], r["ratios"], r["memory"]
         t_ratio, m_ratio = ratios["widen_over_clone_params"], mem["widen_peak_over_source_plus_result"]
         rows.append({

@@ -96,6 +96,18 @@ def result_paths(stem: str, quick: bool) -> tuple[Path, Path]:
     return RESULTS / f"{name}.json", RESULTS / f"{name}.png"
 
 
+def stored_results(stem: str) -> list[tuple[bool, Path, dict]]:
+    """The result files of a benchmark that exist, full run first then quick: (quick, path, parsed JSON)."""
+    import json
+
+    found = []
+    for quick in (False, True):
+        path = result_paths(stem, quick)[0]
+        if path.exists():
+            found.append((quick, path, json.loads(path.read_text())))
+    return found
+
+
 def write_results(stem: str, quick: bool, result: dict, plot: Callable[[dict, Path], None]) -> tuple[Path, Path]:
     """Write a benchmark's JSON and its plot; returns their paths."""
     import json

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import _space as sp
 from ._groups import Coupling, Group
-from ._trace import COPY, FANIN, Value
+from ._trace import COPY, FANIN, Value, owner_of
 
 # Ops a new unit may cross between its writer and the next layer: identity units keep its value at zero.
 _ELEMENTWISE = {"relu", "relu6", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "hardtanh", "elu", "selu", "celu",
@@ -46,11 +46,6 @@ class GroupPlan:
 
 def _leaf_ids(space: sp.Space) -> set[int]:
     return {x.id for x in sp.leaves(space)}
-
-
-def _module_and_attr(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    mod_path, _, attr = name.rpartition(".")
-    return (model.get_submodule(mod_path) if mod_path else model), attr
 
 
 def plan_group(coupling: Coupling, g: Group) -> GroupPlan:
@@ -117,7 +112,7 @@ def identity_value(model: nn.Module, name: str, old: torch.Tensor, axis: int,
                    bn_weight: float | None = 1.0) -> torch.Tensor | float:
     """The value of a pass-through layer's parameter for a new unit: the unit stays zero and gradients pass.
     `bn_weight`: gamma of a new BatchNorm channel (None: sqrt(eps))."""
-    module, attr = _module_and_attr(model, name)
+    module, attr = owner_of(model, name)
     if attr in ("bias", "running_mean") or attr.endswith("bias"):
         return 0.0
     if attr == "running_var":
@@ -146,7 +141,7 @@ def _single(items: list[tuple[str, int]], what: str, plan: GroupPlan) -> tuple[s
 
 
 def _layer(model: nn.Module, name: str, axis: int, want_axis: int, plan: GroupPlan) -> nn.Module:
-    module, attr = _module_and_attr(model, name)
+    module, attr = owner_of(model, name)
     ok = attr == "weight" and axis == want_axis and (
         isinstance(module, nn.Linear) or (isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1))
     if not ok:

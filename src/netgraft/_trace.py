@@ -222,6 +222,12 @@ def call_model(model: nn.Module, example_inputs: Any) -> Any:
     return model(*example_inputs)
 
 
+def owner_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module that holds parameter/buffer `name` (a qualified name) and the attribute name inside it."""
+    mod_path, _, attr = name.rpartition(".")
+    return (model.get_submodule(mod_path) if mod_path else model), attr
+
+
 @contextlib.contextmanager
 def preserve_buffers(model: nn.Module) -> Iterator[None]:
     """Restore every buffer after running the model: a forward may update state in place (BatchNorm statistics in

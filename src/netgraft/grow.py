@@ -59,14 +59,10 @@ def _inputs_of(batch: Any) -> tuple:
     raise ValueError("grow_ needs example_inputs (the model's inputs) when batch is not a tensor or (inputs, ...)")
 
 
-def _new_positions(origin: SpaceMaps, space, device) -> torch.Tensor | None:  # noqa: ANN001
+def _positions(origin: SpaceMaps, space, device, new: bool) -> torch.Tensor | None:  # noqa: ANN001
+    """Indices of the new units (or of the original ones) along an axis; None if the axis does not grow."""
     m = origin.torch_map(space, device)
-    return None if m is None else torch.nonzero(m[1] == 0).flatten().to(device)
-
-
-def _old_positions(origin: SpaceMaps, space, device) -> torch.Tensor | None:  # noqa: ANN001
-    m = origin.torch_map(space, device)
-    return None if m is None else torch.nonzero(m[1] != 0).flatten().to(device)
+    return None if m is None else torch.nonzero((m[1] == 0) if new else (m[1] != 0)).flatten().to(device)
 
 
 class _ZeroFanIn:
@@ -118,8 +114,8 @@ class _ZeroFanIn:
         if not srcs:
             return None
         out = _expand(t, srcs, {})
-        new_idx = {a: _new_positions(self.origin, dims[a], t.device) for a in srcs}  # new units along each axis
-        old_idx = {a: _old_positions(self.origin, dims[a], t.device) for a in srcs}
+        new_idx = {a: _positions(self.origin, dims[a], t.device, new=True) for a in srcs}  # new units along each axis
+        old_idx = {a: _positions(self.origin, dims[a], t.device, new=False) for a in srcs}
         for a in srcs:  # fan-out first: the writers' zero rows below win where a new row meets a new column
             if not self.is_fan_out(name, a):
                 continue
@@ -164,7 +160,7 @@ class _Transport:
         moved = _expand(v.detach(), {a: m[0] for a, m in axis_maps.items()}, fracs)
         if self.init != "net2net":
             for a in axis_maps:
-                moved.index_fill_(a, _new_positions(self.origin, dims[a], v.device), 0.0)
+                moved.index_fill_(a, _positions(self.origin, dims[a], v.device, new=True), 0.0)
         return moved
 
     def optimizer_state(self, optimizer, names: dict[int, str], grown: set[str]) -> dict[int, dict[str, Any]]:  # noqa: ANN001

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._trace import owner_of
 from .certify import Certificate, bound_for
 
 W, R = "w", "r"  # an axis written (rows, vectors: copied) or read (columns: split between copies)
@@ -362,8 +363,8 @@ def build_like(model: nn.Module, config: Any, state: dict[str, torch.Tensor]) ->
         src = old_buffers.get(name)
         if src is None or src.shape != buf.shape:
             raise HFError(f"non-persistent buffer '{name}' cannot be carried over")
-        mod_path, _, attr = name.rpartition(".")
-        new.get_submodule(mod_path)._buffers[attr] = src.clone()
+        module, attr = owner_of(new, name)
+        module._buffers[attr] = src.clone()
     for name, p in new.named_parameters():
         if p.is_meta:
             raise HFError(f"parameter '{name}' was left on the meta device")
