@@ -320,3 +320,18 @@ def test_rmsnorm_stream_grows_to_any_size_by_zero_padding(name: str, tmp_path) -
         w(input_ids=ids, labels=ids).loss.backward()
         opt.step()
     assert float(w.model.layers[0].self_attn.o_proj.weight[32:].abs().max()) > 0
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-untied", "bert"])
+def test_widen_split_noise_is_exact_and_changes_the_read_weights(name: str) -> None:
+    m = _build(name)
+    plain = netgraft.widen(m, hidden_size=64, intermediate_size=160, seed=0)
+    noisy = netgraft.widen(m, hidden_size=64, intermediate_size=160, seed=0, noise=1.0)
+    assert noisy.netgraft_certificate.passed and noisy.netgraft_certificate.max_abs < 1e-5
+    ids = _ids(m)
+    assert _close(_out(plain, ids), _out(noisy, ids)) <= 1e-5
+    a, b = dict(plain.named_parameters()), dict(noisy.named_parameters())
+    changed = [k for k in a if not torch.equal(a[k], b[k])]
+    assert changed and all(k.endswith("weight") for k in changed)  # the read (summed-over) weights only
+    with pytest.raises(ValueError, match="noise"):
+        netgraft.widen(m, hidden_size=64, noise=-1.0)

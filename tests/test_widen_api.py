@@ -280,3 +280,49 @@ def test_tied_weights_through_batchnorm_keep_statistics_exact() -> None:
     assert wide.head.weight is wide.emb.weight
     assert_exact(m, wide, x)
     assert_exact(m, wide, x, train=True)
+
+
+def _min_row_distance(w: torch.Tensor) -> float:
+    d = torch.cdist(w, w) + torch.eye(w.shape[0], dtype=w.dtype) * 1e9
+    return float(d.min())
+
+
+@pytest.mark.parametrize("opt_cls", [torch.optim.Adam, torch.optim.AdamW])
+def test_split_noise_breaks_the_symmetry_of_copies_under_adam(opt_cls) -> None:
+    """Copies whose shares differ by one factor per unit move together under Adam (it normalises the factor away):
+    without noise they stay identical; element-wise unequal shares (exact) make them diverge."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    x, y = torch.randn(64, 4, dtype=torch.float64), torch.randn(64, 2, dtype=torch.float64)
+    distances = {}
+    for noise in (0.0, 0.5):
+        wide = netgraft.widen(m, {"0": 12, "2": 12}, example_inputs=(x,), seed=0, noise=noise)
+        assert wide.netgraft_certificate.max_abs < 1e-12  # still exact (float64)
+        opt = opt_cls(wide.parameters(), lr=1e-2)
+        for _ in range(30):
+            opt.zero_grad()
+            F.mse_loss(wide(x), y).backward()
+            opt.step()
+        distances[noise] = _min_row_distance(wide[0].weight.detach())
+    assert distances[0.0] < 1e-12  # some rows are still exact copies of each other
+    assert distances[0.5] > 1e-3
+
+
+def test_split_noise_is_element_wise_and_sums_to_the_original() -> None:
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5)).double()
+    x = (torch.randn(8, 3, dtype=torch.float64),)
+    wide = netgraft.widen(m, {"0": 8}, example_inputs=x, seed=1, noise=0.7)
+    w, w_old = wide[2].weight.detach(), m[2].weight.detach()
+    src = [int(torch.argmin((wide[0].weight[j] - m[0].weight).abs().sum(1))) for j in range(8)]  # copy -> original
+    sums = torch.zeros_like(w_old).index_add_(1, torch.tensor(src), w)
+    assert torch.allclose(sums, w_old, atol=1e-14)  # the copies' shares add up to each original weight
+    ratios = w[:, 4:] / w_old[:, src[4:]]
+    assert float(ratios.std(0).min()) > 1e-3  # not one fraction per copy: each element its own share
+
+
+def test_split_noise_needs_full_precision_and_says_so() -> None:
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5)).to(torch.bfloat16)
+    x = (torch.randn(8, 3, dtype=torch.bfloat16),)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        netgraft.widen(m, {"0": 8}, example_inputs=x, seed=1, noise=0.5)
+    assert netgraft.widen(m, {"0": 8}, example_inputs=x, seed=1).netgraft_certificate.passed

@@ -120,9 +120,46 @@ def _expand(t: torch.Tensor, srcs: dict[int, torch.Tensor], fracs: dict[int, tor
     return out
 
 
+def split_noise_(out: torch.Tensor, axis: int, src: torch.Tensor, frac: torch.Tensor, noise: float,
+                 gen: torch.Generator, name: str) -> None:
+    """Make the copies of each unit split every summed-over weight differently, element by element, keeping the sum.
+
+    Copy j of old unit i carries ``frac[j] * (1 + noise * (z[..., j] - zbar[..., i]))`` of each weight, where z is
+    standard normal and zbar its frac-weighted mean over the copies of i: the shares of the copies still add up to
+    exactly one for every element, so the function is unchanged. A per-unit split (one fraction per copy) would not
+    do: under Adam-type optimisers the copies' gradients differ only by that fraction, which the normalisation
+    removes, so the copies would move together forever; with element-wise shares each copy sees its own
+    gradient direction. Uncopied units are untouched (z - zbar = 0)."""
+    if out.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"noise > 0 needs float32 or float64 parameters ('{name}' is {out.dtype}): element-wise "
+                         f"shares do not add up exactly in lower precision; use noise=0 there")
+    n_old = int(src.max()) + 1
+    if int(torch.bincount(src.cpu(), minlength=n_old).max()) < 2:
+        return
+    shape = [1] * out.dim()
+    shape[axis] = -1
+    z = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    f = frac.to(torch.float64).reshape(shape)
+    src_cpu = src.cpu()
+    zbar = torch.zeros([n_old if a == axis else n for a, n in enumerate(out.shape)], dtype=torch.float64)
+    zbar.index_add_(axis, src_cpu, z * f)  # the copies' fractions of each old unit sum to one
+    factor = 1.0 + noise * (z - zbar.index_select(axis, src_cpu))
+    out.mul_(factor.to(device=out.device, dtype=out.dtype))
+
+
+def noise_generator(seed: int | None) -> torch.Generator:
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
 def grow_tensors(coupling: Coupling, maps: SpaceMaps) -> dict[str, torch.Tensor]:
     tr = coupling.trace
     extra = _tied_compensation(coupling, maps)
+    gen = noise_generator(maps.seed)
     new: dict[str, torch.Tensor] = {}
     for name, dims in tr.param_dims.items():
         t = tr.tensors_by_name[name]
@@ -142,8 +179,11 @@ def grow_tensors(coupling: Coupling, maps: SpaceMaps) -> dict[str, torch.Tensor]
             if (name, axis) in extra:  # tied compensation (fractions of the tied axis' map)
                 comp = maps.torch_map(extra[(name, axis)], t.device)[1]
                 fracs[axis] = fracs[axis] * comp if axis in fracs else comp
+        summed = [a for a in fracs if tr.roles[(name, a)] == {FANIN} and (name, a) not in extra]
         with torch.no_grad():
             new[name] = _expand(t.detach(), {a: src for a, (src, _) in axis_maps.items()}, fracs)
+            for axis in summed if maps.noise else ():
+                split_noise_(new[name], axis, axis_maps[axis][0], fracs[axis], maps.noise, gen, name)
     return new
 
 

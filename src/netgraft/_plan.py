@@ -185,7 +185,7 @@ class Planner:
         return sizes
 
     # -- maps ---------------------------------------------------------------------------------------------------
-    def build_maps(self, noise: float, seed: int | None) -> dict[int, LeafMap]:
+    def build_maps(self, seed: int | None) -> dict[int, LeafMap]:
         self.propagate(self.sizes)
         rng = np.random.default_rng(seed)
         maps: dict[int, LeafMap] = {}
@@ -200,20 +200,17 @@ class Planner:
                 src = np.concatenate([np.arange(n), rng.integers(0, n, q - n)])
             counts = np.bincount(src, minlength=n)
             frac = 1.0 / counts[src]
-            if noise:
-                for i in np.flatnonzero(counts > 1):
-                    idx = np.flatnonzero(src == i)
-                    z = rng.standard_normal(len(idx))
-                    frac[idx] *= 1.0 + noise * (z - z.mean())  # fractions still sum to 1: exact
             maps[g.leaf.id] = LeafMap(src.astype(np.int64), frac)
         return maps
 
 
 class SpaceMaps:
-    """Index maps of whole axes (products and concatenations of groups), memoised per space."""
+    """Index maps of whole axes (products and concatenations of groups), memoised per space; `noise` and `seed` are
+    the split noise the summed-over axes get (see `_apply.split_noise_`)."""
 
-    def __init__(self, maps: dict[int, LeafMap]):
+    def __init__(self, maps: dict[int, LeafMap], noise: float = 0.0, seed: int | None = None):
         self.maps = maps
+        self.noise, self.seed = noise, seed
         self._memo: dict[int, LeafMap | None] = {}
 
     def changes(self, space: Space) -> bool:

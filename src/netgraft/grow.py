@@ -253,8 +253,8 @@ def grow_(
 
     coupling = couple(model, example_inputs)
     planner = plan_widths(coupling, widths)
-    raw = planner.build_maps(noise, seed)
-    maps = SpaceMaps(raw)
+    raw = planner.build_maps(seed)
+    maps = SpaceMaps(raw, noise, seed)
     origin = SpaceMaps({lid: LeafMap(m.src, (np.arange(len(m.src)) < coupling.by_leaf[lid].size).astype(float))
                         for lid, m in raw.items()})
     plans = [plan_group(coupling, g) for g in coupling.groups if g.leaf.id in raw]

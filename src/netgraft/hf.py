@@ -217,6 +217,7 @@ class Plan:
     maps: dict[str, AxisMap] = field(default_factory=dict)
     pad: bool = False  # the stream grows by zero padding (RMSNorm models, any size) instead of replication
     seed: int | None = None
+    noise: float = 0.0  # element-wise split noise on the read axes (exact symmetry breaking, see widen)
 
 
 def plan_widen(config: Any, fam: Family, hidden_size: int | None, intermediate_size: int | None,
@@ -286,9 +287,10 @@ def _tied(model: nn.Module) -> bool:
     return out is not None and inp is not None and out.weight is inp.weight
 
 
-def _map_tensor(t: torch.Tensor, axes: tuple, plan: Plan) -> torch.Tensor:
-    """Gather every mapped axis (copies) and scale the read axes by each copy's share, in one new allocation."""
-    from ._apply import _expand
+def _map_tensor(t: torch.Tensor, axes: tuple, plan: Plan, gen: torch.Generator, name: str) -> torch.Tensor:
+    """Gather every mapped axis (copies) and scale the read axes by each copy's share, in one new allocation; with
+    `plan.noise`, the copies' shares of each read weight differ element by element (still summing to one)."""
+    from ._apply import _expand, split_noise_
 
     if len(axes) != t.dim():
         raise HFError(f"tensor of shape {tuple(t.shape)} does not match its rule ({len(axes)} axes)")
@@ -299,7 +301,13 @@ def _map_tensor(t: torch.Tensor, axes: tuple, plan: Plan) -> torch.Tensor:
             srcs[axis] = m.src.to(t.device)
             if spec[1] == R:
                 fracs[axis] = m.frac
-    return _expand(t, srcs, fracs) if srcs else t.clone()
+    if not srcs:
+        return t.clone()
+    out = _expand(t, srcs, fracs)
+    for axis in fracs if plan.noise else ():
+        if not (plan.pad and axes[axis][0] == "H"):  # padded stream features are fresh columns, not copies
+            split_noise_(out, axis, srcs[axis], fracs[axis], plan.noise, gen, name)
+    return out
 
 
 def _pad_stream_(new: torch.Tensor, old: torch.Tensor, axes: tuple, plan: Plan, name: str,
@@ -324,14 +332,17 @@ def _pad_stream_(new: torch.Tensor, old: torch.Tensor, axes: tuple, plan: Plan, 
 
 
 def widen_state(model: nn.Module, fam: Family, plan: Plan) -> dict[str, torch.Tensor]:
+    from ._apply import noise_generator
+
     gen = torch.Generator().manual_seed(0 if plan.seed is None else plan.seed)
+    split_gen = noise_generator(plan.seed)
     tied = _tied(model)
     out: dict[str, torch.Tensor] = {}
     for name, t in model.state_dict().items():
         if tied and name.endswith("lm_head.weight"):
             continue  # the tie is restored on the new model
         axes = _rule(fam, name)
-        new = _map_tensor(t.detach(), axes, plan)  # GPT-2's Conv1D rules list (in, out)
+        new = _map_tensor(t.detach(), axes, plan, split_gen, name)  # GPT-2's Conv1D rules list (in, out)
         if plan.pad:
             _pad_stream_(new, t, axes, plan, name, gen)
         if tied and re.fullmatch(rf"(\w+\.)?{fam.final_norm}\.(weight|bias)", name) and fam.final_norm:
@@ -588,11 +599,12 @@ def _finish(model: nn.Module, new: nn.Module, fam: Family, old: Sizes, now: Size
 
 def widen_hf(model: nn.Module, *, hidden_size: int | None = None, intermediate_size: int | None = None,
              num_attention_heads: int | None = None, num_key_value_heads: int | None = None,
-             seed: int | None = None, probe_inputs: Any = None, check: bool = True) -> nn.Module:
+             seed: int | None = None, noise: float = 0.0, probe_inputs: Any = None, check: bool = True) -> nn.Module:
     """The `widen` path for Hugging Face models (sizes in config terms); see `netgraft.widen`."""
     fam = family_of(model)
     plan = plan_widen(model.config, fam, hidden_size, intermediate_size, num_attention_heads, num_key_value_heads,
                       seed)
+    plan.noise = noise
     config = new_config(model.config, fam, plan.new, plan.old.hidden if plan.pad else None)
     new = build_like(model, config, widen_state(model, fam, plan))
     hidden_map = plan.maps["H"] if plan.new.hidden > plan.old.hidden else None

@@ -128,8 +128,11 @@ def widen(
             Conv's out_channels, an Embedding's embedding_dim...), or one float factor for every dimension that can
             grow (rounded up to the nearest valid size; the model's input and output sizes never change).
         example_inputs: tuple of tensors (or a dict of keyword inputs) to trace the model and certify the result.
-        noise: symmetry breaking that keeps the function exact: the copies of a unit split its outgoing weights in
-            unequal fractions ``(1 + noise * z) / count`` that still sum to one.
+        noise: symmetry breaking that keeps the function exact. The copies of a unit split each of its outgoing
+            weights in shares ``(1 + noise * (z - mean z)) / count`` drawn element by element (z standard normal),
+            which still sum to one. Without it the copies of a unit receive gradients that differ only by a
+            constant factor, which Adam-type optimisers normalise away: the copies then stay identical and the
+            wider model keeps the small one's capacity. 0.5 is a good start; float32/float64 parameters only.
         seed: seed for the random replication map and the noise.
         check: raise `NotPreservedError` if the certificate exceeds the bound (default).
         **config_sizes: for a Hugging Face GPT-2 / BERT / LLaMA-family model, sizes in config terms instead of
@@ -157,14 +160,16 @@ def widen(
         if unknown or widths is not None or not hf.is_hf_model(model):
             raise TypeError(f"widen: config sizes ({', '.join(sorted(config_sizes))}) apply to Hugging Face models "
                             f"only, instead of `widths`; known: {sorted(allowed)}")
-        return hf.widen_hf(model, seed=seed, probe_inputs=example_inputs, check=check, **config_sizes)
+    if isinstance(noise, bool) or not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    if config_sizes:
+        return hf.widen_hf(model, seed=seed, noise=float(noise), probe_inputs=example_inputs, check=check,
+                           **config_sizes)
     if widths is None or example_inputs is None:
         raise TypeError("widen needs `widths` and `example_inputs` (or, for a Hugging Face model, config sizes)")
-    if not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     coupling = couple(model, example_inputs)
     planner = plan_widths(coupling, widths)
-    maps = SpaceMaps(planner.build_maps(noise, seed))
+    maps = SpaceMaps(planner.build_maps(seed), noise, seed)
     result = build_model(coupling, maps, lambda s: _total(s, planner.sizes))
     try:
         # the source's eval-mode outputs were recorded by the trace: only the result needs running
