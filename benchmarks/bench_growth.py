@@ -4,21 +4,24 @@
 ``.venv/bin/python benchmarks/bench_growth.py [--quick]``.
 
 Workloads (real data, offline):
-    vision    a CNN on MNIST-1D (generated locally): small 16-32-32 trained first, then `widen` 2x (exact, symmetry-
-              breaking noise) and `deepen` by two identity conv layers (BatchNorm calibrated on training data), trained
-              on; against the large architecture from scratch and a naive "corner" init (small weights copied into
-              the corner of a randomly initialised large model, new layers random).
-    stages    the same CNN grown in three stages, 8-16-16 -> 16-32-32 -> 32-64-64 + 2 layers.
+    vision    a CNN on MNIST-1D (20,000 training sequences generated locally): small 16-32-32 trained first, then
+              `widen` 2x and `deepen` by two identity conv layers (BatchNorm calibrated on training data), trained on;
+              against the large architecture from scratch and a naive "corner" init (small weights copied into the
+              corner of a randomly initialised large model, new layers random).
+    stages    the same CNN grown in two steps, 8-16-16 -> 16-32-32 -> 32-64-64 + 2 layers.
     language  a character-level GPT (Hugging Face GPT2LMHeadModel) on public-domain Shakespeare
               (benchmarks/data/shakespeare.txt.xz): 2 layers / d=64 grown to 4 layers / d=128 (heads 2 -> 4, head_dim
               32 fixed) with `widen(hidden_size=...)` and `deepen(num_hidden_layers=...)`; against scratch, "corner" and
               "stack" (widened exactly, depth by stacking copies of the trained layers, G_stack-style).
-    lr        ablation of the learning-rate recipe after growth on the vision task.
+    lr        ablation of the learning-rate recipe around growth on the language task (see `Run`).
+Variants "netgraft" (exact Net2Net copies) and "netgraft+noise" (`widen(noise=1.0)`: still exact, the copies split
+each outgoing weight in element-wise unequal shares, which breaks their symmetry under Adam).
 
 Metric: training FLOPs counted with ``torch.utils.flop_counter`` (forward + backward of one step of each model,
 including the small model's steps) and wall time until the validation loss first reaches the scratch run's final
-validation loss; savings = 1 - grown / scratch. Same batches, same schedule (AdamW, linear warm-up, cosine decay over
-the whole run; after growth the schedule continues - see the lr ablation), 3 seeds.
+validation loss; savings = 1 - grown / scratch. Same batches; scratch: AdamW with warm-up and one cosine decay (peak
+lr the best of a 3-point sweep, recorded); grown runs: the "wsd" recipe (the small model trains at the constant peak
+lr, then the grown model re-warms up and decays over its own, shorter phase), 3 seeds.
 
 Writes ``benchmarks/results/growth.json`` and ``growth.png`` (``growth_quick.*`` for --quick) and regenerates the
 README's ``growth`` section.
@@ -55,10 +58,24 @@ TARGET_SAVINGS = 0.40
 
 # ------------------------------------------------------------------------------------------------ training core
 class Run:
-    """One training run: a model that may be replaced at growth steps, cumulative FLOPs and wall time, a curve."""
+    """One training run: a model that may be replaced at growth steps, cumulative FLOPs and wall time, a curve.
 
-    def __init__(self, total_steps: int, peak_lr: float, warmup: int, recipe: str = "continue") -> None:
+    Learning-rate recipes (AdamW, peak `peak_lr`, linear warm-up of `warmup` steps):
+        global    warm-up, then one cosine decay over the whole run; growth just continues it (no re-warm-up).
+                  The scratch runs use this.
+        wsd       warm-up-stable-decay across growth: the small model trains at the constant peak until `decay_from`
+                  (the last growth), the grown model re-warms up (fresh optimizer) and decays over the rest of the
+                  run (a short, accelerated decay as in LEMON).
+        annealed  like wsd, but the small model's own phase is a full cosine decay (a small model trained "to the
+                  end" before it is grown).
+    """
+
+    def __init__(self, total_steps: int, peak_lr: float, warmup: int, recipe: str = "global",
+                 decay_from: int = 0) -> None:
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
         self.total, self.peak, self.warmup, self.recipe = total_steps, peak_lr, warmup, recipe
+        self.decay_from = decay_from
         self.step = 0
         self.flops = 0.0
         self.wall = 0.0
@@ -67,14 +84,17 @@ class Run:
         self.jump: float | None = None  # change of the validation loss at growth (0 for exact growth)
 
     def lr(self) -> float:
-        s, total = self.step, self.total
-        since = self.step - self.grown_at[-1] if self.grown_at else None
-        if self.recipe == "rewarm" and since is not None and since < self.warmup:
-            return self.peak * (since + 1) / self.warmup * _cosine(s, total)
-        scale = 0.5 if self.recipe == "half" and since is not None else 1.0
-        if s < self.warmup:
-            return scale * self.peak * (s + 1) / self.warmup
-        return scale * self.peak * _cosine(s, total)
+        s, d = self.step, self.decay_from
+        if self.recipe == "global":
+            return self.peak * min(1.0, (s + 1) / self.warmup) * _cosine(s, self.total)
+        since = s - (self.grown_at[-1] if self.grown_at else 0)
+        warm = min(1.0, (since + 1) / self.warmup)  # every phase starts with a fresh optimizer: warm it up
+        if s < d:
+            return self.peak * warm * (_cosine(s, d) if self.recipe == "annealed" else 1.0)
+        return self.peak * warm * _cosine(s - d, self.total - d)
+
+
+RECIPES = ("global", "wsd", "annealed")
 
 
 def _cosine(step: int, total: int) -> float:
@@ -140,15 +160,14 @@ def reset_(model: nn.Module) -> nn.Module:
     return model
 
 
-SYMMETRY_NOISE = 0.02  # relative std of the symmetry-breaking noise of the "+noise" variants
+SPLIT_NOISE = 1.0  # widen(noise=...) of the "+noise" variants: exact, element-wise unequal splits between copies
+STACK_NOISE = 0.02  # relative std of the (non-exact) noise that breaks the symmetry of stacked layer copies
 
 
 @torch.no_grad()
-def perturb_(model: nn.Module, seed: int, rel: float = SYMMETRY_NOISE) -> nn.Module:
-    """Break the symmetry of exact copies: Gaussian noise of `rel` x each weight matrix's std (not exact; the
-    change of the validation loss it causes is recorded). Without it, Adam moves the copies of a unit identically
-    (their gradients differ only by the split factor, which Adam's normalisation removes) and the grown model keeps
-    the small one's capacity."""
+def perturb_(model: nn.Module, seed: int, rel: float = STACK_NOISE) -> nn.Module:
+    """Gaussian noise of `rel` x each weight matrix's std (not exact; the change of the validation loss it causes is
+    recorded): the "stack" baseline's symmetry breaking between copies of the same layer."""
     g = torch.Generator().manual_seed(10_000 + seed)
     for p in model.parameters():
         if p.dim() >= 2:
@@ -169,10 +188,10 @@ def corner_(large: nn.Module, small_layers: list[nn.Module], large_layers: list[
 
 
 # ----------------------------------------------------------------------------------------------------- vision
-def load_mnist1d() -> dict[str, torch.Tensor]:
+def load_mnist1d(quick: bool) -> dict[str, torch.Tensor]:
     from offline_data import mnist1d
 
-    return mnist1d()
+    return mnist1d(num_samples=5000 if quick else 25_000)
 
 
 def cnn(widths: tuple[int, int, int]) -> nn.Sequential:
@@ -190,16 +209,19 @@ def _ce(model: nn.Module, batch: tuple) -> torch.Tensor:
 class Vision:
     name = "vision"
     batch = 64
-    peak_lr, warmup = 3e-3, 30
+    peak_lr, warmup = 1e-2, 30  # the best of the scratch sweep (3e-3, 1e-2, 2e-2) at 900 steps
+    sweep = (3e-3, 1e-2, 2e-2)
 
     def __init__(self, data: dict[str, torch.Tensor], quick: bool) -> None:
         self.data = data
-        self.small_steps, self.large_steps = (60, 120) if quick else (300, 600)
+        self.scratch_steps, self.small_steps, self.large_steps = (120, 200, 50) if quick else (900, 1800, 350)
         self.eval_every = 10 if quick else 25
 
     def batches(self, seed: int) -> Callable[[int], Any]:
         g = torch.Generator().manual_seed(seed)
-        order = torch.cat([torch.randperm(len(self.data["y"]), generator=g) for _ in range(40)])
+        n = len(self.data["y"])
+        epochs = (self.small_steps + self.large_steps) * self.batch // n + 2
+        order = torch.cat([torch.randperm(n, generator=g) for _ in range(epochs)])
 
         def get(step: int) -> tuple[torch.Tensor, torch.Tensor]:
             idx = order[step * self.batch:(step + 1) * self.batch]
@@ -216,10 +238,9 @@ class Vision:
         model.eval()
         return float((model(self.data["x_test"]).argmax(1) == self.data["y_test"]).float().mean())
 
-    def grow(self, small: nn.Module, factor: float, seed: int) -> nn.Module:
+    def grow(self, small: nn.Module, seed: int, noise: float) -> nn.Module:
         x = self.data["x"][:256]
-        wide = netgraft.widen(small, factor, example_inputs=(x,), noise=0.05, seed=seed)
-        return wide
+        return netgraft.widen(small, 2.0, example_inputs=(x,), noise=noise, seed=seed)
 
     def deepen(self, model: nn.Module, seed: int) -> nn.Module:
         x = self.data["x"][:256]
@@ -227,36 +248,33 @@ class Vision:
         calib = [self.data["x"][i:i + 256] for i in range(0, 2048, 256)]
         return netgraft.deepen(model, [convs[1], convs[2]], example_inputs=(x,), data=calib, seed=seed)
 
-    def run(self, variant: str, seed: int, recipe: str = "continue") -> dict[str, Any]:
-        total = self.small_steps + self.large_steps
+    def _train(self, run: Run, model: nn.Module, steps: int, batches: Callable) -> nn.Module:
+        return train(run, model, steps, batches, _ce, self.evaluate, self.eval_every)
+
+    def run(self, variant: str, seed: int, recipe: str = "wsd", peak: float | None = None) -> dict[str, Any]:
         batches = self.batches(seed)
-        run = Run(total, self.peak_lr, self.warmup, recipe)
         torch.manual_seed(seed)
-        if variant == "stages":
-            model = cnn((8, 16, 16))
-            third = total // 3
-            model = train(run, model, third, batches, _ce, self.evaluate, self.eval_every)
-            run.grown_at.append(run.step)
-            model = perturb_(self.grow(model, 2.0, seed), seed)
-            model = train(run, model, third, batches, _ce, self.evaluate, self.eval_every)
-            run.grown_at.append(run.step)
-            model = perturb_(self.deepen(self.grow(model, 2.0, seed), seed), seed)
-            model = train(run, model, total - 2 * third, batches, _ce, self.evaluate, self.eval_every)
-            return {**finish(run, model, self.evaluate), "accuracy": self.accuracy(model)}
         small = cnn((16, 32, 32))
-        grown = self.deepen(self.grow(small, 2.0, seed), seed)  # the large architecture (its layout)
+        grown = self.deepen(self.grow(small, seed, 0.0), seed)  # the large architecture (its layout)
         if variant == "scratch":
-            model = reset_(copy.deepcopy(grown))
-            model = train(run, model, total, batches, _ce, self.evaluate, self.eval_every)
+            run = Run(self.scratch_steps, peak or self.peak_lr, self.warmup, "global")
+            model = self._train(run, reset_(copy.deepcopy(grown)), self.scratch_steps, batches)
             return {**finish(run, model, self.evaluate), "accuracy": self.accuracy(model)}
-        small = train(run, small, self.small_steps, batches, _ce, self.evaluate, self.eval_every)
+        total = self.small_steps + self.large_steps
+        run = Run(total, self.peak_lr, self.warmup, recipe, decay_from=self.small_steps)
+        if variant == "stages":  # 8-16-16 -> 16-32-32 -> 32-64-64 + 2 layers, the small phase split in two
+            model = self._train(run, cnn((8, 16, 16)), self.small_steps // 2, batches)
+            run.grown_at.append(run.step)
+            model = self._train(run, self.grow(model, seed, SPLIT_NOISE), self.small_steps - run.step, batches)
+            run.grown_at.append(run.step)
+            model = self.deepen(self.grow(model, seed, SPLIT_NOISE), seed)
+            model = self._train(run, model, self.large_steps, batches)
+            return {**finish(run, model, self.evaluate), "accuracy": self.accuracy(model)}
+        small = self._train(run, small, self.small_steps, batches)
         run.grown_at.append(run.step)
         before = self.evaluate(small)
         if variant.startswith("netgraft"):
-            model = self.deepen(self.grow(small, 2.0, seed), seed)
-            if variant == "netgraft+noise":
-                model = perturb_(model, seed)
-            run.jump = self.evaluate(model) - before
+            model = self.deepen(self.grow(small, seed, SPLIT_NOISE if variant == "netgraft+noise" else 0.0), seed)
         else:  # corner: small weights in the corner of a random large model, the new layers random
             model = reset_(copy.deepcopy(grown))
             inserted = {i.path for i in grown.netgraft_report.insertions}
@@ -264,7 +282,8 @@ class Vision:
             big = [m for n, m in model.named_modules() if isinstance(m, layers)
                    and not any(n == p or n.startswith(p + ".") for p in inserted)]
             corner_(model, [m for m in small.modules() if isinstance(m, layers)], big)
-        model = train(run, model, self.large_steps, batches, _ce, self.evaluate, self.eval_every)
+        run.jump = self.evaluate(model) - before
+        model = self._train(run, model, self.large_steps, batches)
         return {**finish(run, model, self.evaluate), "accuracy": self.accuracy(model)}
 
 
@@ -293,12 +312,13 @@ def _lm(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 class Language:
     name = "language"
-    peak_lr, warmup = 3e-3, 30
+    peak_lr, warmup = 3e-3, 30  # the best of the scratch sweep (1.5e-3, 3e-3, 6e-3) at 900 steps
+    sweep = (1.5e-3, 3e-3, 6e-3)
 
     def __init__(self, quick: bool) -> None:
         self.train_ids, self.val_ids, self.vocab = load_shakespeare()
         self.context, self.batch = (32, 8) if quick else (64, 16)
-        self.small_steps, self.large_steps = (40, 80) if quick else (300, 600)
+        self.scratch_steps, self.small_steps, self.large_steps = (80, 80, 40) if quick else (900, 900, 400)
         self.eval_every = 10 if quick else 25
         self.small_cfg, self.large_cfg = ((32, 1), (64, 2)) if quick else ((64, 2), (128, 4))
         g = torch.Generator().manual_seed(123)
@@ -317,30 +337,27 @@ class Language:
         model.eval()
         return float(_lm(model, self.val))
 
-    def grow(self, small: nn.Module) -> nn.Module:
+    def grow(self, small: nn.Module, seed: int, noise: float) -> nn.Module:
         d, layers = self.large_cfg
-        wide = netgraft.widen(small, hidden_size=d, intermediate_size=4 * d)
+        wide = netgraft.widen(small, hidden_size=d, intermediate_size=4 * d, noise=noise, seed=seed)
         return netgraft.deepen(wide, num_hidden_layers=layers)
 
-    def run(self, variant: str, seed: int, recipe: str = "continue") -> dict[str, Any]:
-        total = self.small_steps + self.large_steps
+    def run(self, variant: str, seed: int, recipe: str = "wsd", peak: float | None = None) -> dict[str, Any]:
         batches = self.batches(seed)
-        run = Run(total, self.peak_lr, self.warmup, recipe)
         torch.manual_seed(seed)
+        d, layers = self.large_cfg
         if variant == "scratch":
-            model = gpt(self.vocab, *self.large_cfg, self.context)
-            model = train(run, model, total, batches, _lm, self.evaluate, self.eval_every)
+            run = Run(self.scratch_steps, peak or self.peak_lr, self.warmup, "global")
+            model = gpt(self.vocab, d, layers, self.context)
+            model = train(run, model, self.scratch_steps, batches, _lm, self.evaluate, self.eval_every)
             return finish(run, model, self.evaluate)
+        run = Run(self.small_steps + self.large_steps, self.peak_lr, self.warmup, recipe, decay_from=self.small_steps)
         small = gpt(self.vocab, *self.small_cfg, self.context)
         small = train(run, small, self.small_steps, batches, _lm, self.evaluate, self.eval_every)
         run.grown_at.append(run.step)
-        d, layers = self.large_cfg
         before = self.evaluate(small)
         if variant.startswith("netgraft"):
-            model = self.grow(small)
-            if variant == "netgraft+noise":
-                model = perturb_(model, seed)
-            run.jump = self.evaluate(model) - before
+            model = self.grow(small, seed, SPLIT_NOISE if variant == "netgraft+noise" else 0.0)
         elif variant == "stack":  # exact width, depth by stacking copies of the trained layers: [0, 1, 0, 1]
             wide = netgraft.widen(small, hidden_size=d, intermediate_size=4 * d)
             model = gpt(self.vocab, d, layers, self.context)
@@ -362,6 +379,7 @@ class Language:
                 for k, t in small.state_dict().items():
                     if k in big and t.dim() == big[k].dim():
                         big[k][tuple(slice(0, n) for n in t.shape)] = t
+        run.jump = self.evaluate(model) - before
         model = train(run, model, self.large_steps, batches, _lm, self.evaluate, self.eval_every)
         return finish(run, model, self.evaluate)
 
@@ -420,11 +438,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [k for k in ("vision", "language", "lr ablation (vision)") if k in result["workloads"]]
+    panels = [k for k in ("vision", "language", "lr ablation (language)") if k in result["workloads"]]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     colours = {"scratch": "k", "netgraft": "tab:pink", "netgraft+noise": "tab:red", "corner": "tab:blue",
                "stack": "tab:green",
-               "stages": "tab:orange", "continue": "tab:red", "rewarm": "tab:purple", "half": "tab:brown"}
+               "stages": "tab:orange", "wsd": "tab:red", "global": "tab:purple", "annealed": "tab:brown"}
     for ax, name in zip(axes[0], panels, strict=True):
         w = result["workloads"][name]
         for variant, rs in w["runs"].items():
@@ -481,6 +499,11 @@ def readme_markdown() -> str:
              f"the scratch run of the same seed. "
              f"Target: >= {TARGET_SAVINGS:.0%} on the vision and language tasks. " + r["protocol"])
     table = markdown_table(rows, align={k: "right" for k in rows[0] if k not in ("workload", "variant")})
+    sweep = r.get("scratch_lr_sweep")
+    if sweep:
+        intro += " Scratch's peak learning rate, swept on seed 0 (final validation loss): " + "; ".join(
+            f"{task}: " + ", ".join(f"{lr} -> {loss:.4f}" for lr, loss in losses.items())
+            for task, losses in sweep.items()) + "."
     footer = (f"Measured, not typed: `{path.relative_to(REPO).as_posix()}` ({r['timestamp'][:10]}, "
               f"{r['machine']['cpu_count']} CPUs, torch {r['versions']['torch']}, netgraft "
               f"{r['versions']['netgraft']}); plot `{path.with_suffix('.png').relative_to(REPO).as_posix()}`.")
@@ -501,12 +524,13 @@ def main(quick: bool = False) -> dict[str, Any]:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     seeds = SEEDS["quick" if quick else "full"]
     started = dt.datetime.now(dt.timezone.utc)
-    vision = Vision(load_mnist1d(), quick)
+    vision = Vision(load_mnist1d(quick), quick)
     language = Language(quick)
+    ablation = "lr ablation (language)"
     plan = {
-        "vision": (vision, ("scratch", "netgraft", "netgraft+noise", "corner", "stages"), "continue"),
-        "language": (language, ("scratch", "netgraft", "netgraft+noise", "stack", "corner"), "continue"),
-        "lr ablation (vision)": (vision, ("scratch", "continue", "rewarm", "half"), None),
+        "vision": (vision, ("scratch", "netgraft", "netgraft+noise", "corner", "stages")),
+        "language": (language, ("scratch", "netgraft", "netgraft+noise", "stack", "corner")),
+        ablation: (language, ("scratch", *RECIPES)),  # netgraft+noise grown under each recipe
     }
     result: dict[str, Any] = {
         "benchmark": "growth", "mode": "quick" if quick else "full", "timestamp": started.isoformat(),
@@ -515,30 +539,43 @@ def main(quick: bool = False) -> dict[str, Any]:
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads()},
         "seeds": list(seeds), "workloads": {},
-        "protocol": (f"Vision: MNIST-1D, batch {vision.batch}, {vision.small_steps} small + {vision.large_steps} "
-                     f"large steps (scratch: all {vision.small_steps + vision.large_steps} large), AdamW peak lr "
-                     f"{vision.peak_lr:g}. Language: {len(language.train_ids):,} training characters, context "
-                     f"{language.context}, batch {language.batch}, d/layers {language.small_cfg} -> "
-                     f"{language.large_cfg}, {language.small_steps} + {language.large_steps} steps, peak lr "
-                     f"{language.peak_lr:g}. LR ablation after growth: continue the schedule, re-warm up "
-                     f"({vision.warmup} steps), or halve it."),
+        "protocol": (f"Vision: MNIST-1D ({len(vision.data['y']):,} training / {len(vision.data['y_test']):,} "
+                     f"validation sequences, generated locally), batch {vision.batch}, scratch "
+                     f"{vision.scratch_steps} large steps; grown: {vision.small_steps} small + {vision.large_steps} "
+                     f"large steps; AdamW peak lr {vision.peak_lr:g}. Language: {len(language.train_ids):,} training "
+                     f"characters, context {language.context}, batch {language.batch}, d/layers "
+                     f"{language.small_cfg} -> {language.large_cfg}, scratch {language.scratch_steps} steps; grown: "
+                     f"{language.small_steps} small + {language.large_steps} large steps; peak lr "
+                     f"{language.peak_lr:g}. Scratch: warm-up {language.warmup} steps + cosine decay; grown runs: "
+                     f"the 'wsd' recipe (small model at the constant peak lr, grow, fresh AdamW re-warmed up, cosine "
+                     f"decay over the large phase). Split noise of the '+noise' variants: widen(noise="
+                     f"{SPLIT_NOISE:g}) (exact)."),
     }
-    for name, (workload, variants, recipe) in plan.items():
+    for name, (workload, variants) in plan.items():
         runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for seed in seeds:
             for v in variants:
                 t0 = time.perf_counter()
-                if recipe is None and v != "scratch":  # the lr ablation: netgraft growth with each recipe
+                if name == ablation and v in ("scratch", "wsd"):  # the same runs as the language workload's
+                    runs[v].append(result["workloads"]["language"]["runs"][
+                        "scratch" if v == "scratch" else "netgraft+noise"][seeds.index(seed)])
+                    continue
+                if name == ablation:
                     runs[v].append(workload.run("netgraft+noise", seed, recipe=v))
                 else:
-                    runs[v].append(workload.run(v, seed, recipe=recipe or "continue"))
-                print(f"  {name:<22} {v:<9} seed {seed}: final val loss {runs[v][-1]['curve'][-1][3]:.4f} "
+                    runs[v].append(workload.run(v, seed))
+                print(f"  {name:<22} {v:<14} seed {seed}: final val loss {runs[v][-1]['curve'][-1][3]:.4f} "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
         summary = summarise(runs)
         result["workloads"][name] = {"runs": runs, "summary": summary}
         for v, s in summary.items():
-            print(f"{name}: {v:<9} final {s['final_loss_mean']:.4f}, reached {s['reached']}, FLOP savings "
+            print(f"{name}: {v:<14} final {s['final_loss_mean']:.4f}, reached {s['reached']}, FLOP savings "
                   f"{s['flop_savings_mean']}", flush=True)
+    if not quick:  # is scratch's peak lr the best one? (seed 0; the chosen value is the middle one)
+        result["scratch_lr_sweep"] = {
+            w.name: {f"{lr:g}": w.run("scratch", seeds[0], peak=lr)["curve"][-1][3] for lr in w.sweep}
+            for w in (vision, language)}
+        print("scratch lr sweep (final val loss):", result["scratch_lr_sweep"], flush=True)
     result["wall_seconds"] = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
     from report import write_results
 
