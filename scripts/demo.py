@@ -48,7 +48,7 @@ RUNS = 3  # grown-vs-scratch repeats: on 450 validation images one run alone dif
 EVAL_EVERY = 5  # steps between validation measurements (the points of the curves)
 SMALL_WIDTHS = {"c1": 8, "c2": 16, "hidden": 64}
 FACTOR = 2.0
-NOISE = 0.05  # breaks the symmetry between replicated units without changing the function
+NOISE = 1.0  # exact symmetry breaking: copies split each outgoing weight in element-wise unequal shares
 DEEPEN_AFTER = ["conv2", "fc1"]  # each gets an identity layer (+ its ReLU) right after its activation
 
 
