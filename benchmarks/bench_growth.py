@@ -548,7 +548,8 @@ def main(quick: bool = False) -> dict[str, Any]:
                      f"{language.small_steps} small + {language.large_steps} large steps; peak lr "
                      f"{language.peak_lr:g}. Grown runs take {vision.small_steps + vision.large_steps} / "
                      f"{language.small_steps + language.large_steps} steps (batches) against scratch's "
-                     f"{vision.scratch_steps} / {language.scratch_steps}. Scratch: warm-up {language.warmup} steps + cosine decay; grown runs: "
+                     f"{vision.scratch_steps} / {language.scratch_steps}. Scratch: warm-up {language.warmup} steps "
+                     f"+ cosine decay; grown runs: "
                      f"the 'wsd' recipe (small model at the constant peak lr, grow, fresh AdamW re-warmed up, cosine "
                      f"decay over the large phase). Split noise of the '+noise' variants: widen(noise="
                      f"{SPLIT_NOISE:g}) (exact)."),
