@@ -283,12 +283,12 @@ def result_paths(quick: bool) -> tuple[Path, Path]:
 
 
 def readme_markdown() -> str:
-    from report import markdown_table, stored_results
+    from report import markdown_table, preferred_result
 
-    stored = stored_results("gradmax")
-    if not stored:
+    found = preferred_result("gradmax")
+    if found is None:
         return "(run `make bench` to fill this table)"
-    _, path, r = stored[0]  # the full run when there is one
+    path, r = found
     parts = []
     for name, p in r["protocols"].items():
         rows = []

@@ -466,13 +466,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def readme_markdown() -> str:
+    from report import markdown_table, preferred_result
 
-    from report import markdown_table, stored_results
-
-    stored = stored_results("growth")
-    if not stored:
+    found = preferred_result("growth")
+    if found is None:
         return "(run `make bench` to fill this table)"
-    _, path, r = stored[0]  # the full run when there is one
+    path, r = found
     rows = []
     for name, w in r["workloads"].items():
         for variant, s in w["summary"].items():

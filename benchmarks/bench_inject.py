@@ -317,12 +317,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def readme_markdown() -> str:
-    from report import markdown_table, stored_results
+    from report import markdown_table, preferred_result
 
-    stored = stored_results("inject")
-    if not stored:
+    found = preferred_result("inject")
+    if found is None:
         return "(run `make bench` to fill this table)"
-    _, path, r = stored[0]  # the full run when there is one
+    path, r = found
     s = r["summary"]
     rows = []
     for p in r["pairs"]:

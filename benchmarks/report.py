@@ -108,6 +108,12 @@ def stored_results(stem: str) -> list[tuple[bool, Path, dict]]:
     return found
 
 
+def preferred_result(stem: str) -> tuple[Path, dict] | None:
+    """The full run's (path, parsed JSON) when there is one, else the quick run's, else None (nothing run yet)."""
+    stored = stored_results(stem)
+    return stored[0][1:] if stored else None
+
+
 def write_results(stem: str, quick: bool, result: dict, plot: Callable[[dict, Path], None]) -> tuple[Path, Path]:
     """Write a benchmark's JSON and its plot; returns their paths."""
     import json
