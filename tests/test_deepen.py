@@ -170,8 +170,8 @@ def test_bn_calibrated_on_data_is_an_identity_in_train_mode_on_that_batch() -> N
     m = _conv_bn_net()
     randomize_batchnorm_stats(m)
     x = (torch.randn(16, 3, 8, 8, dtype=torch.float64),)
-    plain = netgraft.deepen(m, "0", example_inputs=x)
-    calibrated = netgraft.deepen(m, "0", example_inputs=x, data=[x[0]])
+    plain = netgraft.deepen(m, "0", example_inputs=x, kind="identity")
+    calibrated = netgraft.deepen(m, "0", example_inputs=x, data=[x[0]], kind="identity")
     bn = calibrated[3][1]
     assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
     assert_exact(m, plain, x)
@@ -342,7 +342,7 @@ def test_a_deepened_model_trains_on_digits() -> None:
 
 def test_deepen_then_widen_the_inserted_layer() -> None:
     model, inputs = _zoo("vgg_bn")
-    deep = netgraft.deepen(model, "features.1", example_inputs=inputs)
+    deep = netgraft.deepen(model, "features.1", example_inputs=inputs, kind="identity")
     path = deep.netgraft_report.insertions[0].path
     wide = netgraft.widen(deep, {f"{path}.0": 24}, example_inputs=inputs, seed=0)
     assert wide.get_submodule(f"{path}.0").out_channels == 24
@@ -596,8 +596,12 @@ def test_auto_prefers_a_live_identity_for_non_residual_blocks() -> None:
     x = (torch.randn(2, 3, 6, 6),)
     deep = netgraft.deepen(m, "1", example_inputs=x)
     ins = deep.netgraft_report.insertions[0]
-    assert ins.kind == "identity" and not ins.gated
-    assert deep[2][1].momentum is None  # the inserted BN keeps the neighbour's cumulative-average setting
+    # an identity layer here would need a BatchNorm (exact in eval mode only): auto takes the residual insert,
+    # exact in both modes, never a closed gate
+    assert ins.kind == "residual" and not ins.gated and deep.netgraft_report.modes == ("eval", "train")
+    identity = netgraft.deepen(m, "1", example_inputs=x, kind="identity")
+    assert identity.netgraft_report.modes == ("eval",) and "eval mode only" in str(identity.netgraft_report)
+    assert identity[2][1].momentum is None  # the inserted BN keeps the neighbour's cumulative-average setting
 
 
 def test_data_and_noise_arguments_are_checked() -> None:

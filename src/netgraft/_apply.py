@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from . import _space as sp
+from ._copy import clone_module
 from ._groups import Coupling
 from ._memory import empty_for_write
 from ._plan import SpaceMaps
@@ -212,7 +213,7 @@ def build_model(coupling: Coupling, maps: SpaceMaps, sizes_of) -> nn.Module:
             memo[id(old)].__dict__.update(copy.deepcopy(old.__dict__))  # user tags (e.g. _no_weight_decay)
         else:
             memo[id(old)] = t
-    result = copy.deepcopy(model, memo)
+    result = clone_module(model, memo)
     for setter in tr.attrs:
         module = result.get_submodule(setter.module) if setter.module else result
         value = tuple(sizes_of(s) for s in setter.spaces) if isinstance(setter.spaces, tuple) else sizes_of(

@@ -208,7 +208,11 @@ def identity_form(trace: Trace, anchor: ModuleCall) -> IdentityForm | str:
     for c in trace.calls:
         counts[c.path] = counts.get(c.path, 0) + 1
         if len(c.outputs) == 1 and c.outputs[0] is not None:
-            innermost.setdefault(id(c.outputs[0]), c)
+            # a pass-through call (nn.Identity, an empty Sequential shortcut) returns a value computed elsewhere: it is
+            # never an insertion point, or a layer meant for the main path would land on a shortcut
+            passes = any(c.outputs[0] is v for v in c.inputs)
+            if not passes:
+                innermost.setdefault(id(c.outputs[0]), c)
 
     def call_returning(v: Value) -> ModuleCall | None:
         c = anchor if v is anchor.outputs[0] else innermost.get(id(v))

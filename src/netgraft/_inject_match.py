@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ._state import call_model, run_mode
+
 MAX_RUN = 6  # longest run of target items one source item may seed
 SKIP_COST = 1e-3  # breaks ties towards using every source layer
 
@@ -275,8 +277,6 @@ class Aligner:
 
 def execution_order(model: nn.Module, example_inputs) -> dict[str, int]:  # noqa: ANN001
     """Module path -> index of its first call (a forward pass under hooks, in eval mode, no gradients)."""
-    from ._trace import call_model, preserve_buffers
-
     names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
     order: dict[str, int] = {}
 
@@ -286,13 +286,9 @@ def execution_order(model: nn.Module, example_inputs) -> dict[str, int]:  # noqa
             order[name] = len(order)
 
     handle = nn.modules.module.register_module_forward_pre_hook(hook)
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with preserve_buffers(model), torch.no_grad():
+        with run_mode(model, train=False), torch.no_grad():
             call_model(model, example_inputs)
     finally:
         handle.remove()
-        for m, mode in modes:
-            m.training = mode
     return order

@@ -29,6 +29,12 @@ def check_optimizer(optimizer: torch.optim.Optimizer | None, model: torch.nn.Mod
             f"({', '.join(c.__name__ for c in KNOWN_OPTIMIZERS)}). Pass optimizer=None and build a new optimizer "
             f"after growing (its state would otherwise be lost silently)")
     params = {id(p) for p in model.parameters()}
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    if held and not any(id(p) in params for p in held):
+        raise ValueError(
+            f"grow_: the optimizer ({type(optimizer).__name__}, {len(held)} parameter(s)) holds none of the model's "
+            f"parameters: it was built for another model (or a copy). Pass the optimizer that trains this model, or "
+            f"optimizer=None and build one after growing")
     for group in optimizer.param_groups:
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():

@@ -8,8 +8,6 @@ refused rather than widened wrongly. Modules whose type has a registered *layer*
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +17,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from . import _space as sp
+from ._probes import Probe, make_probes, same_path_probes
 from ._space import Space
+from ._state import call_model, flat_outputs, run_mode
 
 COPY = "copy"  # axis holds one value per unit: gathered when units are replicated (weight rows, biases, BN stats)
 FANIN = "fanin"  # axis is summed over: gathered and split between the copies of a unit (next layer's columns)
@@ -125,6 +125,8 @@ class Trace:
         self.output_tensors: list[torch.Tensor] = []
         self.prefix_uses: list[tuple[Space, int, str]] = []  # (axis, n, where): code reads the first n units
         self.uniform_if_used: list[tuple[Value, Space, str]] = []  # constraints that bind only if a value is used
+        self.probes: list[Probe] = []  # inputs the model accepted and took the traced path on (example_inputs first)
+        self.probe_outputs: list[list[torch.Tensor]] = []  # the source's eval-mode outputs on each probe
 
     # -- values ---------------------------------------------------------------------------------------------
     def param_value(self, name: str, t: torch.Tensor) -> Value:
@@ -207,53 +209,10 @@ def _flat_tensors(obj: Any) -> list[torch.Tensor]:
     return [x for x in leaves if isinstance(x, torch.Tensor)]
 
 
-def flat_outputs(obj: Any) -> list[torch.Tensor]:
-    """Tensors in a model output: tensors, tuples, lists, dicts and Hugging Face ModelOutputs."""
-    if hasattr(obj, "to_tuple") and callable(obj.to_tuple):
-        obj = obj.to_tuple()
-    return _flat_tensors(obj)
-
-
-def call_model(model: nn.Module, example_inputs: Any) -> Any:
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, torch.Tensor):
-        return model(example_inputs)
-    return model(*example_inputs)
-
-
 def owner_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     """The module that holds parameter/buffer `name` (a qualified name) and the attribute name inside it."""
     mod_path, _, attr = name.rpartition(".")
     return (model.get_submodule(mod_path) if mod_path else model), attr
-
-
-@contextlib.contextmanager
-def preserve_buffers(model: nn.Module) -> Iterator[None]:
-    """Restore every buffer after running the model: a forward may update state in place (BatchNorm statistics in
-    train mode, a step counter, an EMA) or re-assign a buffer, and the user's model must come back as it was."""
-    saved = [(m, name, b, b.detach().clone()) for m in model.modules() for name, b in m._buffers.items()
-             if b is not None]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for m, name, b, value in saved:
-                m._buffers[name] = b
-                b.copy_(value)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Trace in eval mode (BatchNorm uses, not updates, its statistics) and restore modes and buffers after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with preserve_buffers(model):
-            yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def trace(model: nn.Module, example_inputs: Any) -> Trace:
@@ -306,7 +265,7 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
     h1 = nn.modules.module.register_module_forward_pre_hook(pre_hook)
     h2 = nn.modules.module.register_module_forward_hook(post_hook)
     try:
-        with _eval_mode(model), torch.no_grad(), rec:
+        with run_mode(model, train=False), torch.no_grad(), rec:
             try:
                 out = call_model(model, example_inputs)
             except Exception as err:
@@ -329,4 +288,7 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
             sp.fix(s, f"axis {i} of a model output")
         tr.outputs.append(v)
     tr.values.clear()  # drop references to activations
+    # the same path on fresh inputs, or refuse; the probes the model accepted are the ones results are certified on
+    tr.probes, probe_outputs = same_path_probes(model, make_probes(example_inputs))
+    tr.probe_outputs = [tr.output_tensors] + [[t.detach() for t in flat_outputs(o)] for o in probe_outputs[1:]]
     return tr

@@ -8,7 +8,6 @@ BatchNorms on data, and certify the result against the source's recorded outputs
 from __future__ import annotations
 
 import contextlib
-import copy
 import difflib
 import math
 import numbers
@@ -20,10 +19,13 @@ import torch
 from torch import nn
 
 from . import _ops_layers, _ops_tensor  # noqa: F401 - register the built-in rules
+from ._copy import clone_module
 from ._deepen_build import Built, block_insert, identity_layer, make_identity_bn_, residual_insert
 from ._deepen_plan import IdentityForm, has_skip, identity_form, neighbourhood, zero_plan
-from ._trace import ModuleCall, Trace, call_model, preserve_buffers, trace
-from .certify import Certificate, compare_outputs, reference_outputs
+from ._guards import check_model
+from ._state import call_model, preserve_state, run_mode
+from ._trace import ModuleCall, Trace, trace
+from .certify import MODES, Certificate, Reference, audit, certify
 from .errors import NotPreservedError, UnsupportedModelError
 from .inserts import Deepened
 from .registry import layer_rule_for
@@ -41,10 +43,13 @@ class Insertion:
     gated: bool
     new_params: int
     note: str
+    runs_after: str = ""  # the module whose output the insert receives (may follow the anchor: its activation)
 
     def __str__(self) -> str:
         gate = " [gated: ramp with netgraft.set_gates_, then netgraft.fold_gates]" if self.gated else ""
-        return f"after '{self.after}': '{self.path}' ({self.kind}, {self.new_params:,} params) {self.note}{gate}"
+        runs = f", runs after '{self.runs_after}'" if self.runs_after and self.runs_after != self.after else ""
+        return (f"after '{self.after}'{runs}: '{self.path}' ({self.kind}, {self.new_params:,} params) "
+                f"{self.note}{gate}")
 
 
 @dataclass
@@ -54,10 +59,13 @@ class DeepenReport:
     certificate: Certificate
     insertions: list[Insertion] = field(default_factory=list)
     exact: bool = True  # False when noise > 0 was asked for
+    modes: tuple[str, ...] = MODES  # the modes in which the result is exact (claimed and certified)
 
     def __str__(self) -> str:
         lines = [f"  {i}" for i in self.insertions]
         kind = "" if self.exact else " (noise > 0: approximate by request)"
+        if self.exact:
+            kind += f" (exact in {' and '.join(self.modes)} mode)"
         return "\n".join([f"inserted {len(self.insertions)} module(s){kind}:", *lines,
                           f"certificate: {self.certificate}"])
 
@@ -163,6 +171,22 @@ def _inside_fast_path(model: nn.Module, path: str) -> str | None:
     return None
 
 
+def _refuse_cache_indexed(template: ModuleCall) -> None:
+    """A block that addresses a KV cache by its own layer index (Hugging Face's `layer_idx`) cannot be copied: the
+    copy would read and write the anchor's cache slot, which a single forward does not show but cached decoding
+    does."""
+    for sub, module in template.module.named_modules():
+        index = getattr(module, "layer_idx", None)
+        if isinstance(index, int) and not isinstance(index, bool):
+            where = f"{template.path}.{sub}" if sub else template.path
+            raise UnsupportedModelError(
+                f"deepen: '{template.path}' ({type(template.module).__name__}) holds a layer index "
+                f"('{where}'.layer_idx = {index}) that addresses the KV cache: a copy would share layer "
+                f"{index}'s cache slot and decode wrongly with a cache. For a Hugging Face model use "
+                f"netgraft.deepen(model, num_hidden_layers=...), which renumbers the layers and updates the "
+                f"config; or kind='residual'")
+
+
 def _plan_one(tr: Trace, model: nn.Module, path: str, kind: str) -> _Planned:
     call = _anchor_call(tr, model, path)
     value = call.outputs[0]
@@ -174,17 +198,21 @@ def _plan_one(tr: Trace, model: nn.Module, path: str, kind: str) -> _Planned:
                                     f"directly and would skip an inserted module; insert after '{owner}' instead")
     if kind == "auto":
         # a block whose residual branches can be zeroed; else, for a residual block (post-norm), a gated copy;
-        # else the identity layer where exact, else a residual insert (both train at once, unlike a closed gate)
+        # else the identity layer where exact in both modes, else a residual insert (both train at once, unlike a
+        # closed gate). An identity layer with a BatchNorm is an identity in eval mode only: a residual insert then.
         if _is_block(call.module):
             with contextlib.suppress(UnsupportedModelError):
                 planned = _plan_one(tr, model, path, "block")
                 if not planned.build.gated or has_skip(_template(tr, model, call)):
                     return planned
         with contextlib.suppress(UnsupportedModelError):
-            return _plan_one(tr, model, path, "identity")
+            planned = _plan_one(tr, model, path, "identity")
+            if not any(identity for _, identity in planned.build.calibrate):
+                return planned
         kind = "residual"
     if kind in ("block", "copy"):
         template = _template(tr, model, call)
+        _refuse_cache_indexed(template)
         if not any(True for _ in template.module.parameters()):
             raise UnsupportedModelError(f"deepen: '{template.path}' ({type(template.module).__name__}) has no "
                                         f"parameters, so a copy of it adds nothing; use kind='residual'")
@@ -254,12 +282,8 @@ def _call_counts(model: nn.Module, modules: list[nn.Module], example_inputs: Any
     handles = [m.register_forward_pre_hook(lambda *_, i=i: counts.__setitem__(i, counts[i] + 1))
                for i, m in enumerate(modules)]
     try:
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        with preserve_buffers(model), torch.no_grad():
+        with run_mode(model, train=False), torch.no_grad():
             call_model(model, example_inputs)
-        for m, mode in modes:
-            m.training = mode
     finally:
         for h in handles:
             h.remove()
@@ -299,7 +323,7 @@ def _calibrate(model: nn.Module, bns: list[tuple[nn.Module, bool]], data: Iterab
         bn.eval()
     batches = 0
     try:
-        with preserve_buffers(model):
+        with preserve_state(model):
             for batch in _batches(data, example_inputs):
                 try:
                     call_model(model, batch)
@@ -386,8 +410,7 @@ def deepen(
         >>> [type(x).__name__ for x in deep], deep.netgraft_certificate.passed
         (['Linear', 'ReLU', 'Sequential', 'Linear'], True)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_model(model, "deepen")
     if num_hidden_layers is not None:
         from . import hf
 
@@ -427,24 +450,40 @@ def deepen(
     calibrate = [bn_flag for p in plans for bn_flag in p.build.calibrate]
     if data is not None and calibrate:
         _calibrate(result, calibrate, data, example_inputs)
-    reference = reference_outputs(model, example_inputs, tr.output_tensors)
-    cert = compare_outputs(reference, result, example_inputs)
+    claimed, why = _claimed_modes(plans)
+    reference = Reference(model, tr.probes, tr.probe_outputs)
+    cert = certify(reference, result, claimed=claimed, note=why)
     if not cert.passed and noise == 0 and any(p.chained for p in plans):
         # a forward that reads its container's entries by position (outs[1] + outs[-1]) changes with a new entry:
         # wrapping the anchors instead leaves every position as it was
         result, inserted = _assemble(model, plans, example_inputs, dtype, device, force_wrap=True)
         if calibrate and data is not None:
             _calibrate(result, calibrate, data, example_inputs)
-        cert = compare_outputs(reference, result, example_inputs)
+        cert = certify(reference, result, claimed=claimed, note=why)
+    audit(model, result, example_inputs, {f"{i}.{n}": t for i, m in enumerate(inserted)
+                                          for n, t in m.named_parameters()}, "deepen")
     paths = {id(m): n for n, m in result.named_modules()}
     report = DeepenReport(cert, [
         Insertion(p.anchor, paths.get(id(m), "?"), p.kind, p.build.gated, sum(t.numel() for t in m.parameters()),
-                  p.build.note) for p, m in zip(plans, inserted, strict=True)], exact=noise == 0)
+                  p.build.note, p.point) for p, m in zip(plans, inserted, strict=True)], exact=noise == 0,
+        modes=tuple(m for m in claimed if m in MODES))
     result.netgraft_report = report
     result.netgraft_certificate = cert
     if check and noise == 0 and not cert.passed:
         raise NotPreservedError(f"deepen did not preserve the function: {cert}")
     return result
+
+
+def _claimed_modes(plans: list[_Planned]) -> tuple[tuple[str, ...], str]:
+    """The modes in which the inserts are exact: all of them, except that a Net2Net identity layer with a BatchNorm
+    is an identity in eval mode only (in train mode it normalises with each batch's own statistics, which equal the
+    calibration statistics on the calibration data alone)."""
+    identity_bn = [p.anchor for p in plans if any(identity for _, identity in p.build.calibrate)]
+    if identity_bn:
+        why = (f"identity BatchNorm after {identity_bn}: exact in eval mode only (in train mode it uses each batch's "
+               f"statistics); kind='residual' is exact in both")
+        return ("eval", "cached decoding"), why
+    return (*MODES, "cached decoding"), ""
 
 
 def _assemble(model: nn.Module, plans: list[_Planned], example_inputs: Any, dtype: torch.dtype,
@@ -463,7 +502,7 @@ def _assemble(model: nn.Module, plans: list[_Planned], example_inputs: Any, dtyp
     expected = _call_counts(model, originals, example_inputs)
     wrap: set[int] = set(range(len(plans))) if force_wrap else set()
     for _ in range(2):
-        result = copy.deepcopy(model)
+        result = clone_module(model)
         copies = list(dict(result.named_modules()).values())
         targets = [result.get_submodule(p.point) if p.point else result for p in plans]
         for i, (p, target) in enumerate(zip(plans, targets, strict=True)):

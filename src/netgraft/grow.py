@@ -20,11 +20,21 @@ import torch
 from torch import nn
 
 from ._apply import _expand, grow_tensors
-from ._grow_init import GroupPlan, check_alive, gradmax_matrix, identity_value, plan_group, top_directions
+from ._grow_init import (
+    GroupPlan,
+    check_alive,
+    gated_directions,
+    gradmax_matrix,
+    identity_value,
+    plan_group,
+    random_fan_in,
+    top_directions,
+)
+from ._guards import check_model
 from ._optim_state import STATE_POWER, check_optimizer
 from ._plan import LeafMap, SpaceMaps, _total
 from ._trace import COPY, FANIN
-from .certify import Certificate, _run, compare_outputs, reference_outputs
+from .certify import MODES, Certificate, Reference, certify
 from .errors import NotPreservedError
 from .widen import changes_of, couple, plan_widths
 
@@ -77,6 +87,9 @@ class _ZeroFanIn:
             self.role.update({k: "fanout" for k in p.consumers})
             self.role.update({k: "pass" for k in p.passthrough})
             self.role.update({k: "writer" for k in p.writers})  # a writer that also sums (tied) stays zero
+            if init in ("random", "gradmax"):  # the other factor of a gated product (see _grow_init.Gating)
+                self.role.update({k: "random" for k in p.random_fanin})
+        self.fan_in: dict[tuple[str, int], torch.Tensor] = {}  # random writer -> its new units' fan-in
         self.directions: dict[tuple[str, int], torch.Tensor] = {}  # consumer -> (D_out, k) unit vectors
         self.fan_out_norm: dict[str, float] = {}
 
@@ -106,6 +119,14 @@ class _ZeroFanIn:
         self.fan_out_norm[name] = norm
         return (v * norm).to(device=t.device, dtype=t.dtype)
 
+    def random_rows(self, name: str, axis: int) -> torch.Tensor:
+        """The new units' random fan-in in writer `name` (drawn once: GradMax measures with the same values)."""
+        if (name, axis) not in self.fan_in:
+            t = self.c.trace.tensors_by_name[name].detach()
+            n_new = len(_positions(self.origin, self.c.trace.param_dims[name][axis], t.device, new=True))
+            self.fan_in[(name, axis)] = random_fan_in(t, axis, n_new, self.gen)
+        return self.fan_in[(name, axis)]
+
     def tensor(self, name: str) -> torch.Tensor | None:
         tr = self.c.trace
         t = tr.tensors_by_name[name].detach()
@@ -120,12 +141,7 @@ class _ZeroFanIn:
             if not self.is_fan_out(name, a):
                 continue
             block = self.fan_out_block(name, a, t, len(new_idx[a]))  # old sizes along the other axes
-            for b in srcs:  # spread to the grown sizes of the other axes (their new positions stay zero)
-                if b != a:
-                    shape = list(block.shape)
-                    shape[b] = out.shape[b]
-                    block = block.new_zeros(shape).index_copy_(b, old_idx[b], block)
-            out.index_copy_(a, new_idx[a], block)
+            out.index_copy_(a, new_idx[a], _spread(block, a, out.shape, old_idx))
         for a in srcs:
             role = self.role.get((name, a))
             if self.is_fan_out(name, a):
@@ -138,9 +154,22 @@ class _ZeroFanIn:
                     out.index_copy_(a, new_idx[a], value.expand(shape).to(out.dtype).contiguous())
                     continue
                 out.index_fill_(a, new_idx[a], value)
+            elif role == "random":  # exact: the other factor of the product is 0 for a new unit
+                out.index_copy_(a, new_idx[a], _spread(self.random_rows(name, a), a, out.shape, old_idx))
             else:  # writer (zero fan-in), or an axis used per unit whose role is not known: zero is function-safe
                 out.index_fill_(a, new_idx[a], 0.0)
         return out
+
+
+def _spread(block: torch.Tensor, axis: int, shape: torch.Size, old_idx: dict[int, torch.Tensor]) -> torch.Tensor:
+    """A block of new units along `axis` (old sizes along the other axes) spread to the grown sizes of the other
+    axes: their new positions stay zero."""
+    for b, idx in old_idx.items():
+        if b != axis:
+            size = list(block.shape)
+            size[b] = shape[b]
+            block = block.new_zeros(size).index_copy_(b, idx, block)
+    return block
 
 
 class _Transport:
@@ -216,8 +245,8 @@ def grow_(
             mode and lets the unit reach full scale after its first update; in train mode a channel that is constant
             0 has its gradient multiplied by gamma/sqrt(eps) (x316) - adaptive optimizers normalise that, with plain
             SGD pass None (gamma = sqrt(eps): gain 1, but the unit starts tiny).
-        check: certify the grown model on `example_inputs` (eval mode, and train mode when it has no dropout) and
-            roll back + raise if it is not preserved.
+        check: roll back and raise `NotPreservedError` if the certificate fails (it is always measured: on
+            `example_inputs` and fresh probes, in eval and train mode with dropout off).
 
     GradMax details: M is computed as if f'(0) = 1 (the paper's assumption) with the layers in between as identity
     units (BatchNorm: see `bn_weight`; depthwise convs get Dirac filters). Activations with derivative 0 at 0 in
@@ -225,6 +254,13 @@ def grow_(
     More new units than directions (the fan-out size) get random unit vectors. Supported pairs: Linear -> Linear,
     Conv1d/2d -> Conv of the same rank (any stride/padding/dilation, groups=1), Conv -> global average pooling ->
     Linear.
+
+    Gated products (``act(gate(x)) * up(x)``: SwiGLU, GeGLU, GLU): with both writers at zero fan-in the product and
+    both its gradients would stay 0 forever, so for ``"gradmax"``/``"random"`` one writer (``up``; the gate when its
+    activation is dead at 0, as ReLU) gives its new units a random fan-in of its rows' mean norm. The product stays
+    exactly 0, the zero side learns from the first step. GradMax then measures one M per unit, through its random
+    factor (Linear layers). A product that no such choice makes exact and alive (a fused gate/up projection,
+    ``x * tanh(x)``) is refused; use ``"net2net"`` there.
 
     Returns `model` (the same object), with ``model.netgraft_report`` (a `GrowReport`).
 
@@ -238,8 +274,7 @@ def grow_(
         >>> m[0].weight.shape, float(m[0].weight[5:].detach().abs().max()), m.netgraft_report.certificate.passed
         (torch.Size([7, 4]), 0.0, True)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_model(model, "grow_")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if init == "gradmax" and (loss_fn is None or batch is None):
@@ -272,9 +307,13 @@ def grow_(
         builder = _ZeroFanIn(model, coupling, maps, origin, plans, init, float(scale), generator, bn_weight)
         if init == "gradmax":
             for plan in plans:
-                m = gradmax_matrix(model, plan, loss_fn, batch)
-                k = int(raw[plan.group.leaf.id].src.shape[0] - plan.group.size)
-                vecs, vals = top_directions(m, k, generator)
+                if plan.random_fanin:  # a gated product: one M per unit, through its random factor
+                    vecs, vals = gated_directions(model, plan, loss_fn, batch, builder.random_rows(
+                        *plan.random_fanin[0]), generator)
+                else:
+                    m = gradmax_matrix(model, plan, loss_fn, batch)
+                    k = int(raw[plan.group.leaf.id].src.shape[0] - plan.group.size)
+                    vecs, vals = top_directions(m, k, generator)
                 builder.directions[plan.consumers[0]] = vecs
                 singular[plan.key] = [float(v) for v in vals]
         new = {n: t for n in coupling.trace.param_dims if (t := builder.tensor(n)) is not None}
@@ -286,17 +325,15 @@ def grow_(
     # pending gradients (grow_ called between backward() and step()) move too, so that step updates every weight
     grads = {n: transport(n, t.grad, 1) for n, t in coupling.trace.tensors_by_name.items()
              if n in new and isinstance(t, nn.Parameter) and t.grad is not None}
-    reference = reference_outputs(model, example_inputs, coupling.trace.output_tensors)
-    # train mode too (the model is being trained), unless dropout makes its outputs random
-    random_modules = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-    train_check = check and not any(isinstance(m, random_modules) and m.p > 0 for m in model.modules())
-    reference_train = _run(model, example_inputs, True, 0) if train_check else None
+    # the source's outputs on every probe in both modes, before the model changes in place
+    reference = Reference(model, coupling.trace.probes, coupling.trace.probe_outputs).precompute(MODES)
 
     undo = _write(model, coupling, new, grads, lambda s: _total(s, planner.sizes))
-    cert = compare_outputs(reference, model, example_inputs)
-    if train_check and cert.passed:
-        cert_train = compare_outputs(reference_train, model, example_inputs, train=True)
-        cert = cert if cert_train.passed else cert_train
+    try:
+        cert = certify(reference, model, cached=False)
+    except BaseException:
+        undo()
+        raise
     if check and not cert.passed:
         undo()
         raise NotPreservedError(f"grow_(init='{init}') did not preserve the function (an activation with f(0) != 0, "

@@ -19,21 +19,20 @@ LayerNorm and the previous one become unit/zero affine: exact up to O(eps)).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ._probes import make_probes
 from ._trace import owner_of
-from .certify import Certificate, bound_for
+from .certify import Certificate, Reference
+from .certify import certify as certify_outputs
 
 W, R = "w", "r"  # an axis written (rows, vectors: copied) or read (columns: split between copies)
 
@@ -172,24 +171,31 @@ class AxisMap:
 
 def _power_of_two_shares(count: int) -> list[float]:
     """`count` powers of two summing to 1 (3 -> 1/2, 1/4, 1/4): multiplying by them is exact in any binary float
-    format, bfloat16 included, so the copies of a column always add up to the original bit for bit."""
-    shares = [1.0]
-    while len(shares) < count:
-        shares.sort(reverse=True)
-        half = shares.pop(0) / 2
-        shares += [half, half]
-    return sorted(shares, reverse=True)
+    format, bfloat16 included, so the copies of a column always add up to the original bit for bit. Closed form of
+    "halve the largest share until there are `count`": with 2**k <= count < 2**(k+1), the first 2**(k+1) - count
+    shares are 2**-k and the other 2 * (count - 2**k) are 2**-(k+1) (largest first; 0 or 1 copies -> [1.0])."""
+    count = int(count)
+    if count <= 1:
+        return [1.0]
+    k = count.bit_length() - 1
+    return [math.ldexp(1.0, -k)] * (2 ** (k + 1) - count) + [math.ldexp(1.0, -k - 1)] * (2 * (count - 2 ** k))
 
 
 def _with_shares(src: torch.Tensor, n: int) -> AxisMap:
-    counts = torch.bincount(src, minlength=n).tolist()
-    given = [0] * n
-    shares = {c: _power_of_two_shares(c) for c in set(counts)}
-    frac = []
-    for s in src.tolist():
-        frac.append(shares[counts[s]][given[s]])
-        given[s] += 1
-    return AxisMap(src, torch.tensor(frac, dtype=torch.float64))
+    """The map new index -> old unit `src` with each copy's share: the r-th copy (in index order) of a unit with c
+    copies gets entry r of `_power_of_two_shares(c)`. Vectorised, no Python loop over units or copies (one stable
+    sort), so a 10-million-unit map takes about a second instead of growing quadratically."""
+    flat = src.reshape(-1).long()
+    counts = torch.bincount(flat, minlength=n)
+    order = torch.argsort(flat, stable=True)  # the copies of each unit together, in index order
+    first = torch.cumsum(counts, 0) - counts  # where each unit's copies start in that order
+    rank = torch.empty_like(flat)
+    rank[order] = torch.arange(flat.numel(), device=flat.device) - first[flat[order]]  # which copy of its unit
+    c = counts[flat]
+    k = torch.frexp(c.double())[1].long() - 1  # 2**k <= c < 2**(k+1) (exact: c < 2**53)
+    powers = torch.tensor([math.ldexp(1.0, -i) for i in range(65)], dtype=torch.float64, device=flat.device)
+    frac = torch.where(rank < (torch.ones_like(k) << (k + 1)) - c, powers[k], powers[k + 1])
+    return AxisMap(src, frac.reshape(src.shape))
 
 
 def _tile(n: int, new: int) -> AxisMap:
@@ -451,93 +457,42 @@ def probe_inputs(model: nn.Module, batch: int = 2, length: int = 12, seed: int =
     return {"input_ids": ids.to(device)}
 
 
-_CHUNK = 1 << 22  # elements of a weight upcast at once while certifying a half-precision Linear (16 MiB)
+class _Outputs:
+    """The outputs a Hugging Face model is certified on (logits, last hidden state, pooled output; the cache and
+    attentions count through what they produce), remembering their names so that hidden states can be mapped."""
 
+    NAMES = ("logits", "last_hidden_state", "pooler_output")
 
-def _chunked_linear(module: nn.Linear) -> Any:
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        w, b = module.weight, module.bias
-        rows = max(1, _CHUNK // max(1, w.shape[1]))
-        x = x.float()
-        return torch.cat([F.linear(x, w[i:i + rows].float(), None if b is None else b[i:i + rows].float())
-                          for i in range(0, w.shape[0], rows)], dim=-1)
-    return forward
+    def __init__(self) -> None:
+        self.names: list[str] = []
 
+    def __call__(self, out: Any) -> list[torch.Tensor]:
+        self.names = [n for n in self.NAMES if getattr(out, n, None) is not None]
+        return [getattr(out, n) for n in self.names]
 
-@contextlib.contextmanager
-def _float32_compute(model: nn.Module) -> Iterator[None]:
-    """Run a bfloat16/float16 model in float32 without a float32 copy of it: Linear layers multiply by their weight
-    upcast a slice at a time, embeddings look up in half precision (exact) and return float32, and every other
-    module's own half-precision tensors are upcast (exactly) just for its forward and restored after it."""
-    half = (torch.bfloat16, torch.float16)
+    def expander(self, hidden_map: AxisMap | None) -> Any:
+        """Map a source output to the grown layout where it is a hidden state: replicated by the stream's map (-1 in
+        the map: a padded feature, which must be 0); logits never grow."""
+        if hidden_map is None:
+            return None
 
-    def pre(module: nn.Module, args: tuple) -> None:
-        saved = []
-        for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
-            if t.dtype in half:
-                saved.append((t, t.data))
-                t.data = t.data.float()
-        module._netgraft_saved = saved
-
-    def post(module: nn.Module, args: tuple, out: Any) -> Any:
-        for t, data in getattr(module, "_netgraft_saved", []):
-            t.data = data
-        module._netgraft_saved = []
-        return out
-
-    handles, patched = [], []
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            m.forward = _chunked_linear(m)
-            patched.append(m)
-        elif isinstance(m, nn.Embedding):
-            handles.append(m.register_forward_hook(lambda mod, a, out: out.float()))
-        else:
-            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-        for m in patched:
-            del m.forward  # back to the class's forward
-        for m in model.modules():
-            post(m, (), None)
-
-
-def _outputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    was = model.training
-    model.eval()
-    low = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
-    try:
-        with torch.no_grad(), (_float32_compute(model) if low else contextlib.nullcontext()):
-            out = model(**inputs)
-    finally:
-        model.train(was)
-    names = ("logits", "last_hidden_state", "pooler_output")
-    return [getattr(out, n) for n in names if getattr(out, n, None) is not None]
+        def expand(index: int, y: torch.Tensor) -> torch.Tensor:
+            if self.names[index] == "logits":
+                return y
+            src = hidden_map.src.to(y.device)
+            padded = torch.cat([y, torch.zeros_like(y[..., :1])], -1)
+            return padded.index_select(-1, torch.where(src < 0, y.shape[-1], src))
+        return expand
 
 
 def certify(old: nn.Module, new: nn.Module, inputs: dict[str, torch.Tensor], hidden_map: AxisMap | None) -> Certificate:
-    """Max |delta| of logits / hidden states on `inputs`. A hidden stream grown by replication is compared with the
-    old one replicated by the same map (the grown model's features are copies of the old ones)."""
-    ref, got = _outputs(old, inputs), _outputs(new, inputs)
-    max_abs = max_ref = 0.0
-    for a, b in zip(ref, got, strict=True):
-        if a.shape != b.shape:
-            if hidden_map is None:
-                raise HFError(f"output shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-            src = hidden_map.src.to(a.device)  # -1: a padded feature, which must be 0
-            padded = torch.cat([a, torch.zeros_like(a[..., :1])], -1)
-            a = padded.index_select(-1, torch.where(src < 0, a.shape[-1], src))
-        max_abs = max(max_abs, float((a.double() - b.double()).abs().max()))
-        max_ref = max(max_ref, float(a.abs().max()))
-    dtype = ref[0].dtype
-    # Hugging Face norms compute their statistics in float32 even in a float64 model (LlamaRMSNorm upcasts to
-    # float32 only), and half-precision models are certified in float32 (`_float32_compute`): the float32 bound.
-    bound = bound_for(torch.float32, max_ref)
-    return Certificate(max_abs, max_abs / max_ref if max_ref else 0.0, max_ref, bound, str(dtype).replace("torch.", ""),
-                       "eval", len(ref), max_abs <= bound or not math.isfinite(bound))
+    """The shared certificate (`netgraft.certify`) on the example ids, fresh ids and one more sequence, in eval and
+    train mode (dropout off) and with cached decoding where the model has a KV cache. Half-precision models are run
+    in float32 without a float32 copy; every Hugging Face model is held to the float32 bound, because its norms
+    compute their statistics in float32 even in a float64 model (LlamaRMSNorm upcasts to float32 only)."""
+    outputs = _Outputs()
+    reference = Reference(old, make_probes(inputs), float32=True, select=outputs, bound_dtype=torch.float32)
+    return certify_outputs(reference, new, expand=outputs.expander(hidden_map))
 
 
 def describe(model_or_config: Any) -> dict[str, Any]:
@@ -614,11 +569,44 @@ def widen_hf(model: nn.Module, *, hidden_size: int | None = None, intermediate_s
     return _finish(model, new, fam, plan.old, plan.new, probe_inputs, hidden_map, check)
 
 
+# Config fields holding one value per layer: an inserted layer is a copy of the layer before it, so it takes that
+# layer's value. Any other list as long as the layer count is refused (its meaning for new layers is unknown).
+PER_LAYER_FIELDS = ("layer_types",)
+# Config switches under which a layer's computation depends on its position: inserting layers would change what
+# the existing layers compute.
+DEPTH_DEPENDENT = {"scale_attn_by_inverse_layer_idx": "GPT-2 scales each layer's attention by 1 / (layer index + 1)"}
+
+
+def depth_config(config: Any, old_layers: int, new_layers: int) -> dict[str, list]:
+    """The per-layer config fields extended for the inserted layers, or HFError naming a field that follows depth in
+    a way netgraft cannot extend."""
+    for key, why in DEPTH_DEPENDENT.items():
+        if getattr(config, key, False):
+            raise HFError(f"config.{key}=True: {why}, so inserted layers would change the existing layers' outputs; "
+                          f"netgraft cannot deepen this model exactly")
+    after = insertion_points(old_layers, new_layers)
+    extended = {}
+    for key, value in vars(config).items():
+        if not isinstance(value, (list, tuple)) or len(value) != old_layers or key.startswith("_"):
+            continue
+        if key not in PER_LAYER_FIELDS:
+            raise HFError(f"config.{key} holds {old_layers} entries, one per layer, and netgraft does not know what a "
+                          f"new layer's entry should be; deepening is refused rather than guessed (known per-layer "
+                          f"fields: {', '.join(PER_LAYER_FIELDS)})")
+        extended[key] = [v for i, v in enumerate(value) for _ in range(1 + after.count(i))]
+    return extended
+
+
 def deepen_hf(model: nn.Module, *, num_hidden_layers: int, probe_inputs: Any = None, check: bool = True) -> nn.Module:
     """The `deepen` path for Hugging Face models; see `netgraft.deepen`."""
     fam = family_of(model)
     old = Sizes.of(model.config, fam)
     now = copy.copy(old)
     now.layers = int(num_hidden_layers)
-    new = build_like(model, new_config(model.config, fam, now), deepen_state(model, fam, now.layers))
+    if now.layers <= old.layers:
+        raise HFError(f"num_hidden_layers {now.layers} must exceed the current {old.layers}")
+    config = new_config(model.config, fam, now)
+    for key, value in depth_config(model.config, old.layers, now.layers).items():
+        setattr(config, key, value)
+    new = build_like(model, config, deepen_state(model, fam, now.layers))
     return _finish(model, new, fam, old, now, probe_inputs, None, check)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._guards import check_model
 from ._inject_match import Aligner, Block, Leaf, _conv1d_hf, build_tree, execution_order, leaves, width_ratio
 from ._inject_tensor import split_transplant, transplant
 
@@ -90,10 +91,18 @@ def _modality(tree: Block) -> str:
     return "tokens" if first is not None and first.kind == "embedding" else "features"
 
 
-def _fan_in(leaf: Leaf, name: str, t: torch.Tensor) -> int:
-    if _conv1d_hf(leaf.module) and name == "weight":
-        return t.shape[0]
-    return math.prod(t.shape[1:])
+def _transposed(leaf: Leaf, name: str) -> bool:
+    """Whether `leaf`'s tensor `name` is stored (in, out), as GPT-2's Conv1D stores its weight."""
+    return name == "weight" and _conv1d_hf(leaf.module)
+
+
+def _canonical(leaf: Leaf, name: str, t: torch.Tensor) -> torch.Tensor:
+    """`t` in the canonical (out, in, *kernel) layout, read by its own module's layout (a view, never a copy)."""
+    return t.t() if _transposed(leaf, name) else t
+
+
+def _fan_in(canonical: torch.Tensor) -> int:
+    return math.prod(canonical.shape[1:])
 
 
 def _rms(t: torch.Tensor) -> float:
@@ -122,8 +131,9 @@ def _inject_leaf(src: Leaf, dst: Leaf, score: float,
                 out.append((t, s.detach().clone(), Transfer(f"{src.path}.{name}", f"{dst.path}.{name}",
                                                             tuple(s.shape), tuple(t.shape), "copied", score)))
             continue
-        hf = _conv1d_hf(dst.module) and name == "weight"
-        s_c, t_c = (s.t(), t.t()) if hf else (s, t)  # canonical (out, in) layout
+        # Each side is read in its own module's layout (an nn.Linear is (out, in), GPT-2's Conv1D (in, out)), so the
+        # same function stored in two layouts is copied exactly; the result is written back in the target's layout.
+        s_c, t_c = _canonical(src, name, s), _canonical(dst, name, t)
         fused = name.startswith("in_proj") or (dst.path.rsplit(".", 1)[-1] in _FUSED_NAMES and name in ("weight",
                                                                                                       "bias"))
         if fused and s_c.shape[0] % 3 == 0 and t_c.shape[0] % 3 == 0 and s_c.shape[0] != t_c.shape[0]:
@@ -134,11 +144,11 @@ def _inject_leaf(src: Leaf, dst: Leaf, score: float,
         if how != "copied" and t.dim() >= 2 and dst.kind.startswith(_SCALED_KINDS):
             # Scale correction: rms(new) = rms(source) * sqrt(fan_in_source / fan_in_target), so that for inputs of
             # unit variance each output keeps the variance it had in the source (fan_in * rms^2 is unchanged).
-            wanted = _rms(s) * math.sqrt(_fan_in(src, name, s) / _fan_in(dst, name, t))
+            wanted = _rms(s) * math.sqrt(_fan_in(s_c) / _fan_in(t_c))
             factor = wanted / _rms(new) if _rms(new) > 0 else 1.0
             new = new * factor
             how += f", x{factor:.3g} fan-in scale"
-        if hf:
+        if _transposed(dst, name):
             new = new.t()
         out.append((t, new.contiguous(), Transfer(f"{src.path}.{name}", f"{dst.path}.{name}", tuple(s.shape),
                                                   tuple(t.shape), how, score)))
@@ -173,8 +183,7 @@ def similarity(source: nn.Module, target: nn.Module, *, example_inputs: Any = No
         (1.0, 0.5)
     """
     for m in (source, target):
-        if not isinstance(m, nn.Module):
-            raise TypeError(f"similarity needs two nn.Modules, got {type(m).__name__}")
+        check_model(m, "similarity")
     return _align(source, target, example_inputs)[2]
 
 
@@ -196,7 +205,9 @@ def inject(
     interpolates them too, as the paper does). Weights whose fan-in changes are scaled by
     ``sqrt(fan_in_source / fan_in_target)`` so each output keeps the scale it had in the source. BatchNorm running
     statistics, LayerNorm/GroupNorm, Embedding (vocabulary aligned at the start), MultiheadAttention and fused q/k/v
-    projections (injected per part) are included. Deterministic; no data needed.
+    projections (injected per part) are included. GPT-2's ``Conv1D`` (weight stored (in, out)) and ``nn.Linear``
+    ((out, in)) are each read in their own layout, so nanoGPT <-> Hugging Face GPT-2 of one shape is an exact copy.
+    Deterministic; no data needed.
 
     Args:
         source: the trained model (not modified).
@@ -216,8 +227,7 @@ def inject(
         ['0.weight', '0.bias', '2.weight', '2.bias']
     """
     for m in (source, target):
-        if not isinstance(m, nn.Module):
-            raise TypeError(f"inject needs two nn.Modules, got {type(m).__name__}")
+        check_model(m, "inject")
     _check_places(source, target)
     src_tree, tgt_tree, sim, pairs = _align(source, target, example_inputs)
     if _modality(src_tree) != _modality(tgt_tree):

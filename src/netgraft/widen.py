@@ -13,9 +13,10 @@ from torch import nn
 from . import _ops_layers, _ops_tensor  # noqa: F401 - register the built-in rules
 from ._apply import build_model
 from ._groups import Coupling, Group
+from ._guards import check_model
 from ._plan import Planner, SpaceMaps, _total
 from ._trace import trace
-from .certify import Certificate, compare_outputs, reference_outputs
+from .certify import Certificate, Reference, audit, certify
 from .errors import EXTENSION_HINT, NotPreservedError, UnsupportedModelError
 
 
@@ -75,6 +76,7 @@ def groups(model: nn.Module, example_inputs: Any) -> GroupTable:
         >>> [(g.name, g.display_size) for g in table if g.growable and g.name]
         [('0', 8)]
     """
+    check_model(model, "groups")
     return GroupTable(couple(model, example_inputs).groups)
 
 
@@ -88,6 +90,10 @@ class WidenReport:
     def __str__(self) -> str:
         lines = [f"  {name}: {old} -> {new}" for name, old, new in self.changes]
         return "\n".join([f"widened {len(self.changes)} dimension(s):", *lines, f"certificate: {self.certificate}"])
+
+
+def _tensors(model: nn.Module) -> dict:
+    return dict([*model.named_parameters(), *model.named_buffers()])
 
 
 def changes_of(coupling: Coupling, planner: Planner) -> list[tuple[str, int, int]]:
@@ -150,8 +156,7 @@ def widen(
         >>> wide[0].out_features, wide[2].in_features, wide.netgraft_certificate.passed
         (12, 12, True)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_model(model, "widen")
     if config_sizes:
         from . import hf
 
@@ -171,20 +176,23 @@ def widen(
     planner = plan_widths(coupling, widths)
     maps = SpaceMaps(planner.build_maps(seed), noise, seed)
     result = build_model(coupling, maps, lambda s: _total(s, planner.sizes))
+    grown = {n: t for n, t in _tensors(result).items() if n in coupling.trace.tensors_by_name
+             and t.shape != coupling.trace.tensors_by_name[n].shape}
     try:
-        # the source's eval-mode outputs were recorded by the trace: only the result needs running
-        reference = reference_outputs(model, example_inputs, coupling.trace.output_tensors)
-        cert = compare_outputs(reference, result, example_inputs)
+        audit(model, result, example_inputs, grown, "widen")
+    except UnsupportedModelError:
+        raise
     except (RuntimeError, ValueError, AssertionError) as err:
         # The traced ops were all mapped, yet the grown model does not run: its forward computes a shape from a
         # constant (e.g. `x.view(B, T, self.n_head, C // self.n_head)`), which no trace can see.
-        grown = ", ".join(f"'{n}' {o}->{w}" for n, o, w in changes_of(coupling, planner)) or "none"
+        grown_dims = ", ".join(f"'{n}' {o}->{w}" for n, o, w in changes_of(coupling, planner)) or "none"
         raise UnsupportedModelError(
             f"the widened model fails to run ({type(err).__name__}: {str(err)[:300]}). Its forward probably builds a "
-            f"shape from a constant or attribute (e.g. a head count) that netgraft cannot update. Grown: {grown}. "
-            f"Widen only dimensions that avoid that code (pass a dict), or register a layer rule for the module. "
-            f"{EXTENSION_HINT}"
+            f"shape from a constant or attribute (e.g. a head count) that netgraft cannot update. Grown: "
+            f"{grown_dims}. Widen only dimensions that avoid that code (pass a dict), or register a layer rule for "
+            f"the module. {EXTENSION_HINT}"
         ) from err
+    cert = certify(Reference(model, coupling.trace.probes, coupling.trace.probe_outputs), result)
     report = WidenReport(cert, changes_of(coupling, planner))
     if not isinstance(widths, dict) and widths > 1 and not report.changes:
         fixed = [f"'{g.name}': {(g.fixed + g.uniform)[0]}" for g in coupling.groups if g.name and g.fixed][:3]
