@@ -246,7 +246,7 @@ def test_a_failing_rule_is_reported_as_the_rule_failing() -> None:
         with pytest.raises(netgraft.UnsupportedModelError, match="rule for op 'softmax'.*boom"):
             netgraft.groups(m, (torch.randn(2, 3),))
     finally:
-        from netgraft.registry import _OP_RULES
+        from netgraft.core.registry import _OP_RULES
 
         _OP_RULES.pop(torch.nn.functional.softmax, None)
 

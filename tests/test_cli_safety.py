@@ -143,7 +143,7 @@ def load_model(src):
         raise SystemExit("the 1 EiB allocation unexpectedly succeeded")
     raise AssertionError("unknown mode")
 if mode == "fastgrow":
-    netgraft.deepen = deepen
+    cli.deepen = deepen
 else:
     cli.load_model = load_model
 sys.exit(cli.main(sys.argv[1:]))
@@ -631,14 +631,13 @@ def test_memory_error_exits_2_in_one_line(ckpt, tmp_path, capsys, monkeypatch) -
 
 
 def test_multi_line_library_messages_are_cut_to_one_line(ckpt, tmp_path, capsys, monkeypatch) -> None:
-    import netgraft
 
     for exc in (ValueError("first line\nsecond line\n  third"), RuntimeError("\nlater first line\nmore"),
                 OSError(28, "No space left on device", str(tmp_path / "f"))):
         def boom(*a, exc=exc, **k):
             raise exc
 
-        monkeypatch.setattr(netgraft, "deepen", boom)
+        monkeypatch.setattr(cli, "deepen", boom)
         assert cli.main(["deepen", str(ckpt), "-o", str(tmp_path / "out"), "--num-layers", "3"]) == 2
         line = one_line(capsys.readouterr().err)
         assert "second" not in line and "more" not in line

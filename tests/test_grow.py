@@ -44,7 +44,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("init", netgraft.grow.INITS)
+@pytest.mark.parametrize("init", netgraft.ops.grow.INITS)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_function_is_preserved_at_growth_in_place(case: str, init: str) -> None:
     build, widths, loss_fn = CASES[case]

@@ -257,4 +257,4 @@ def test_low_similarity_warns() -> None:
                         nn.Linear(300, 10))
     with pytest.warns(UserWarning, match="below 0.45"):
         report = netgraft.inject(src, dst)
-    assert report.similarity < netgraft.inject.__globals__["SIMILARITY_THRESHOLD"]
+    assert report.similarity < netgraft.SIMILARITY_THRESHOLD

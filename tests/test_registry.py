@@ -65,6 +65,6 @@ def test_registered_op_rule() -> None:
         assert wide[1].gain.shape == (12,)
         assert_exact(m, wide, x)
     finally:
-        from netgraft.registry import _OP_RULES
+        from netgraft.core.registry import _OP_RULES
 
         _OP_RULES.pop(torch.ops.aten.mul.Tensor, None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from netgraft import _space as sp
+from netgraft.core import space as sp
 
 
 def test_union_merges_constraints() -> None:

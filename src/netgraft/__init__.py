@@ -13,15 +13,15 @@ Public API:
     register_op / register_layer / RuleContext -> extension point for custom ops and layers
 """
 
-from .certify import Certificate, check_preserved
-from .deepen import DeepenReport, Insertion, deepen
+from . import rules  # noqa: F401 - registers the built-in coupling rules
+from .core.certify import Certificate, check_preserved
+from .core.coupling import Group, GroupTable, groups
+from .core.registry import RuleContext, register_layer, register_op, unregister_layer
 from .errors import NotPreservedError, UnsupportedModelError
-from .grow import GrowReport, grow_
-from .inject import SIMILARITY_THRESHOLD, InjectionReport, inject, similarity
-from .inserts import Deepened, GatedBlock, ResidualInsert, fold_gates, set_gates_
-from .registry import RuleContext, register_layer, register_op, unregister_layer
-from .schedule import GrowthSchedule
-from .widen import Group, GroupTable, WidenReport, groups, widen
+from .ops.deepen import Deepened, DeepenReport, GatedBlock, Insertion, ResidualInsert, deepen, fold_gates, set_gates_
+from .ops.grow import GrowReport, GrowthSchedule, grow_
+from .ops.inject import SIMILARITY_THRESHOLD, InjectionReport, inject, similarity
+from .ops.widen import WidenReport, widen
 
 __version__ = "0.1.0"
 

@@ -33,6 +33,7 @@ Ctrl-C: status 130):
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import errno
 import json
@@ -50,6 +51,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from . import hf
+from .errors import NotPreservedError
+from .ops.deepen import deepen
+from .ops.widen import widen
 
 
 class CliError(Exception):
@@ -211,7 +217,6 @@ def load_model(src: Path) -> Any:
     class expects that is missing from the checkpoint, one of the checkpoint's tensors the class does not use, or a
     shape that differs is an error (transformers would initialise, drop or re-initialise it silently)."""
     config = load_config(src)
-    from . import hf
 
     try:
         hf.family_of(config)
@@ -256,7 +261,7 @@ def side_files(src: Path) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]
     the reason. Pickle archives are skipped by name without being opened; other files are skipped if they carry a
     pickle or zip signature, are weights (of the old model), are not regular files or are symlinks out of DIR."""
     roots = _allowed_roots(src)
-    copy, skipped = [], []
+    travel, skipped = [], []
     for entry in sorted(src.iterdir()):
         name = entry.name
         if name in _NOT_COPIED or name.endswith(".safetensors") or name.endswith(".index.json"):
@@ -289,8 +294,8 @@ def side_files(src: Path) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]
         if head.startswith(_PICKLE_MAGIC):
             skipped.append((name, "pickle or zip archive: never copied"))
             continue
-        copy.append((entry, target))
-    return copy, skipped
+        travel.append((entry, target))
+    return travel, skipped
 
 
 # ------------------------------------------------------------------------------------------------ the sizes
@@ -321,9 +326,7 @@ _WIDEN_OPTIONS = (("hidden_size", "hidden", "--hidden-size"), ("intermediate_siz
 def requested_sizes(args: argparse.Namespace, op: str, config: Any) -> tuple[dict[str, int], Any]:
     """The growth asked for, checked against the current sizes (no shrinking, something must grow), and the
     resulting sizes as far as the config tells (used for the size estimate; the growth itself decides exactly)."""
-    import copy
 
-    from . import hf
 
     try:
         fam = hf.family_of(config)
@@ -389,7 +392,6 @@ def estimate_bytes(config: Any, cls: Any, sizes: Any, headers: dict[Path, dict[s
     """(bytes of the checkpoint's tensors, estimated bytes of the grown model's): the grown model is built on the
     meta device (no memory) from the new config and its parameters counted, at the checkpoint's bytes per parameter.
     None if that model cannot even be built (the growth itself then reports why)."""
-    from . import hf
 
     try:
         src_bytes = src_numel = 0
@@ -584,9 +586,7 @@ def atomic_dir(out: Path, force: bool) -> Iterator[Path]:
 
 # ------------------------------------------------------------------------------------------------------- grow
 def _grow(args: argparse.Namespace, op: str) -> int:
-    import netgraft
 
-    from . import hf
 
     src, out = Path(args.dir), Path(args.output)
     check_paths(src, out, args.force)
@@ -605,10 +605,10 @@ def _grow(args: argparse.Namespace, op: str) -> int:
         bar.set_postfix_str(f"{op}ing")
         try:
             if op == "widen":
-                grown = netgraft.widen(model, seed=args.seed, **kwargs)
+                grown = widen(model, seed=args.seed, **kwargs)
             else:
-                grown = netgraft.deepen(model, **kwargs)
-        except (hf.HFError, netgraft.NotPreservedError, ValueError) as err:
+                grown = deepen(model, **kwargs)
+        except (hf.HFError, NotPreservedError, ValueError) as err:
             raise CliError(_one_line(err)) from err
         bar.update()
         bar.set_postfix_str("saving")
@@ -666,7 +666,6 @@ def save_streaming(model: Any, out: Path) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from . import hf
 
     config = load_config(Path(args.dir))
     try:

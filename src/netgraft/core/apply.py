@@ -1,0 +1,260 @@
+"""Apply: build the grown model. Parameters are gathered along their grown axes; summing axes are split between
+copies; attributes follow. The source model is never touched: the result is a deep copy whose changed tensors are
+created directly (no extra copy of the old ones)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import EXTENSION_HINT, UnsupportedModelError
+from . import space as sp
+from .clone import clone_module
+from .coupling import Coupling
+from .graph import COPY, FANIN
+from .memory import empty_for_write
+from .plan import SpaceMaps
+
+# ops whose output scales with their per-unit parameters (norm gain and bias, weight rows and bias, a gain)
+_SCALABLE_FEEDERS = {"layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "linear", "conv1d",
+                     "conv2d", "conv3d", "mul"}
+
+
+def _tied_compensation(coupling: Coupling, maps: SpaceMaps) -> dict[tuple[str, int], object]:
+    """A parameter axis used both per-unit (an embedding) and summed over (a tied output layer) cannot be split.
+    Instead, scale the per-unit parameters of the layer that feeds the summing use (e.g. the final LayerNorm's gain
+    and bias) by the split fractions: same function, and the weights stay tied."""
+    tr = coupling.trace
+    extra: dict[tuple[str, int], object] = {}
+    for (name, axis), roles in tr.roles.items():
+        if not (COPY in roles and FANIN in roles):
+            continue
+        space = tr.param_dims[name][axis]
+        if not maps.changes(space):
+            continue
+        for op in tr.role_ops[(name, axis)]:
+            if (name, axis, FANIN) not in op.roles:
+                continue
+            act = next((v for v in op.inputs if v.param is None
+                        and any(sp.find(d) is sp.find(space) for d in v.dims)), None)
+            feeder = act.producer if act is not None else None
+            # Only parameters the feeder's output is linear in (gain and bias, weight rows), never running
+            # statistics, an added bias alone, or the tied weight itself.
+            copies = [(p, a) for p, a, r in (feeder.roles if feeder else []) if r == COPY
+                      and sp.find(tr.param_dims[p][a]) is sp.find(space)
+                      and isinstance(tr.tensors_by_name[p], nn.Parameter)]
+            fanin_in_feeder = feeder is not None and any(
+                r == FANIN and sp.find(tr.param_dims[p][a]) is sp.find(space) for p, a, r in feeder.roles)
+            shared = any(len(tr.role_ops[key]) > 1 for key in copies)  # a LayerNorm used elsewhere too
+            if (feeder is None or feeder.name not in _SCALABLE_FEEDERS or len(act.consumers) != 1 or not copies
+                    or fanin_in_feeder or (name, axis) in copies or shared):
+                raise UnsupportedModelError(
+                    f"parameter '{name}' is tied: used per unit and summed over along axis {axis} "
+                    f"({op.where()}), and no per-unit layer (LayerNorm, Linear) directly feeds the summing use to "
+                    f"absorb the split. {EXTENSION_HINT}"
+                )
+            for key in copies:
+                extra[key] = space
+    return extra
+
+
+def _axis_view(v: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def _expand(t: torch.Tensor, srcs: dict[int, torch.Tensor], fracs: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Gather `t` along several axes at once (`out[..., j, ...] = t[..., src[j], ...]`) and scale the axes in
+    `fracs` by the fan-in split of each new index.
+
+    Net2Net maps keep the original units first (`src[:n] == arange(n)`), so the old block is written once, scaled
+    on the way, into a single new allocation, and only the new slices are gathered: columns with `gather`, rows last,
+    straight into the contiguous row block. Every byte of the result is written once (chained `index_select`s and a
+    separate scaling pass were several times slower)."""
+    n_old = list(t.shape)
+    fr = {a: f.to(device=t.device, dtype=t.dtype) for a, f in fracs.items()}
+    prefix = all(
+        len(src) >= n_old[a] and bool(torch.equal(src[: n_old[a]], torch.arange(n_old[a], device=src.device)))
+        for a, src in srcs.items()
+    )
+    if not prefix:  # e.g. a concatenation whose first part grew: plain gathers
+        out = t
+        for a, src in srcs.items():
+            out = out.index_select(a, src)
+        out = out if out is not t else t.clone()
+        for a, f in fr.items():
+            out.mul_(_axis_view(f, a, t.dim()))
+        return out
+    new_shape = [len(srcs[a]) if a in srcs else n for a, n in enumerate(n_old)]
+    out = empty_for_write(new_shape, t.dtype, t.device)
+    old_block = out[tuple(slice(0, n) for n in n_old)]
+    scaled = list(fr)
+    if scaled:
+        torch.mul(t, _axis_view(fr[scaled[0]][: n_old[scaled[0]]], scaled[0], t.dim()), out=old_block)
+        for a in scaled[1:]:
+            old_block.mul_(_axis_view(fr[a][: n_old[a]], a, t.dim()))
+    else:
+        old_block.copy_(t)
+    filled = list(n_old)
+    for a in sorted(srcs, reverse=True):  # axis 0 last: its new rows are then whole contiguous rows
+        n, extra = n_old[a], srcs[a][n_old[a]:]
+        if len(extra) == 0:
+            continue
+        block = out[tuple(slice(0, f) for f in filled)]
+        dst_index = [slice(0, f) for f in filled]
+        dst_index[a] = slice(n, new_shape[a])
+        dst = out[tuple(dst_index)]
+        if a == 0 and dst.is_contiguous():
+            torch.index_select(block, 0, extra, out=dst)
+        else:
+            idx = _axis_view(extra, a, t.dim()).expand(*[len(extra) if i == a else f for i, f in enumerate(filled)])
+            dst.copy_(torch.gather(block, a, idx))
+        if a in fr:  # the copies were gathered with their original's fraction; give them their own
+            ratio = fr[a][n:] / fr[a][extra]
+            if not bool((ratio == 1).all()):
+                dst.mul_(_axis_view(ratio, a, t.dim()))
+        filled[a] = new_shape[a]
+    return out
+
+
+def split_noise_(out: torch.Tensor, axis: int, src: torch.Tensor, frac: torch.Tensor, noise: float,
+                 gen: torch.Generator, name: str) -> None:
+    """Make the copies of each unit split every summed-over weight differently, element by element, keeping the sum.
+
+    Copy j of old unit i carries ``frac[j] * (1 + noise * (z[..., j] - zbar[..., i]))`` of each weight, where z is
+    standard normal and zbar its frac-weighted mean over the copies of i: the shares of the copies still add up to
+    exactly one for every element, so the function is unchanged. A per-unit split (one fraction per copy) would not
+    do: under Adam-type optimisers the copies' gradients differ only by that fraction, which the normalisation
+    removes, so the copies would move together forever; with element-wise shares each copy sees its own
+    gradient direction. Uncopied units are untouched (z - zbar = 0)."""
+    if out.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"noise > 0 needs float32 or float64 parameters ('{name}' is {out.dtype}): element-wise "
+                         f"shares do not add up exactly in lower precision; use noise=0 there")
+    n_old = int(src.max()) + 1
+    if int(torch.bincount(src.cpu(), minlength=n_old).max()) < 2:
+        return
+    shape = [1] * out.dim()
+    shape[axis] = -1
+    z = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    f = frac.to(torch.float64).reshape(shape)
+    src_cpu = src.cpu()
+    zbar = torch.zeros([n_old if a == axis else n for a, n in enumerate(out.shape)], dtype=torch.float64)
+    zbar.index_add_(axis, src_cpu, z * f)  # the copies' fractions of each old unit sum to one
+    factor = 1.0 + noise * (z - zbar.index_select(axis, src_cpu))
+    out.mul_(factor.to(device=out.device, dtype=out.dtype))
+
+
+def noise_generator(seed: int | None) -> torch.Generator:
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
+def grow_tensors(coupling: Coupling, maps: SpaceMaps) -> dict[str, torch.Tensor]:
+    tr = coupling.trace
+    extra = _tied_compensation(coupling, maps)
+    gen = noise_generator(maps.seed)
+    new: dict[str, torch.Tensor] = {}
+    for name, dims in tr.param_dims.items():
+        t = tr.tensors_by_name[name]
+        axis_maps = {a: m for a, s in enumerate(dims) if (m := maps.torch_map(s, t.device)) is not None}
+        if not axis_maps:
+            continue
+        for axis in axis_maps:
+            if not tr.roles.get((name, axis)):
+                raise UnsupportedModelError(
+                    f"'{name}' axis {axis} lies along a dimension that grows, but no traced op says how it is used "
+                    f"(per unit, or summed over). {EXTENSION_HINT}"
+                )
+        fracs = {}
+        for axis, (_, frac) in axis_maps.items():
+            if tr.roles[(name, axis)] == {FANIN}:
+                fracs[axis] = frac
+            if (name, axis) in extra:  # tied compensation (fractions of the tied axis' map)
+                comp = maps.torch_map(extra[(name, axis)], t.device)[1]
+                fracs[axis] = fracs[axis] * comp if axis in fracs else comp
+        summed = [a for a in fracs if tr.roles[(name, a)] == {FANIN} and (name, a) not in extra]
+        with torch.no_grad():
+            new[name] = _expand(t.detach(), {a: src for a, (src, _) in axis_maps.items()}, fracs)
+            for axis in summed if maps.noise else ():
+                split_noise_(new[name], axis, axis_maps[axis][0], fracs[axis], maps.noise, gen, name)
+    return new
+
+
+def _check_prefix_uses(coupling: Coupling, maps: SpaceMaps) -> None:
+    """Code that reads the first n units of an axis (`x[:, :n]`, `x[:, i]`) is exact only if growth keeps those units
+    in place: true for a plain group (originals stay first), not for a concatenation whose first part grows."""
+    for space, n, where in coupling.trace.prefix_uses:
+        m = maps.get(space)
+        if m is not None and not np.array_equal(m.src[:n], np.arange(n)):
+            raise UnsupportedModelError(
+                f"{where} reads the first {n} units of an axis whose grown layout moves them (a concatenation whose "
+                f"first part grows). Widen the other parts, or register a rule. {EXTENSION_HINT}"
+            )
+
+
+def build_model(coupling: Coupling, maps: SpaceMaps, sizes_of) -> nn.Module:
+    tr = coupling.trace
+    model = tr.model
+    _check_prefix_uses(coupling, maps)
+    new = grow_tensors(coupling, maps)
+    memo: dict[int, object] = {}
+    for name, t in new.items():
+        old = tr.tensors_by_name[name]
+        if isinstance(old, nn.Parameter):
+            memo[id(old)] = nn.Parameter(t, requires_grad=old.requires_grad)
+            memo[id(old)].__dict__.update(copy.deepcopy(old.__dict__))  # user tags (e.g. _no_weight_decay)
+        else:
+            memo[id(old)] = t
+    result = clone_module(model, memo)
+    for setter in tr.attrs:
+        module = result.get_submodule(setter.module) if setter.module else result
+        value = tuple(sizes_of(s) for s in setter.spaces) if isinstance(setter.spaces, tuple) else sizes_of(
+            setter.spaces)
+        setattr(module, setter.attr, value)
+    _check_attributes(result)
+    return result
+
+
+def _weight_shape(m: nn.Module, name: str = "weight") -> tuple[int, ...] | None:
+    """Shape of a module's weight without running a parametrization (spectral norm would take a power step)."""
+    if nn.utils.parametrize.is_parametrized(m, name):
+        return tuple(getattr(m.parametrizations, name).original.shape)
+    w = getattr(m, name, None)
+    return tuple(w.shape) if isinstance(w, torch.Tensor) else None
+
+
+def _check_attributes(model: nn.Module) -> None:
+    """A stale attribute (in_features that no longer matches the weight) would be a silent bug: refuse instead."""
+    for name, m in model.named_modules():
+        w = _weight_shape(m)
+        checks: list[tuple[str, int, int]] = []
+        if isinstance(m, nn.Linear) and w:
+            checks = [("in_features", m.in_features, w[1]), ("out_features", m.out_features, w[0])]
+        elif isinstance(m, nn.modules.conv._ConvNd) and w:
+            cin = w[0] if m.transposed else w[1] * m.groups
+            cout = w[1] * m.groups if m.transposed else w[0]
+            checks = [("in_channels", m.in_channels, cin), ("out_channels", m.out_channels, cout)]
+        elif isinstance(m, nn.modules.batchnorm._NormBase) and w:
+            checks = [("num_features", m.num_features, w[0])]
+        elif isinstance(m, nn.Embedding) and w:
+            checks = [("embedding_dim", m.embedding_dim, w[1])]
+        elif isinstance(m, nn.GroupNorm) and w:
+            checks = [("num_channels", m.num_channels, w[0])]
+        elif isinstance(m, nn.MultiheadAttention):
+            wo = _weight_shape(m.out_proj)
+            checks = [("embed_dim", m.embed_dim, wo[0]), ("num_heads*head_dim", m.num_heads * m.head_dim, wo[1])]
+        for attr, have, want in checks:
+            if have != want:
+                raise UnsupportedModelError(
+                    f"{type(m).__name__} '{name}'.{attr} would stay {have} while its weight becomes {want}: the module "
+                    f"is used in a way the trace does not attribute to it (called through .forward, or its weight "
+                    f"used by another module). Widen other dimensions, or register a rule. {EXTENSION_HINT}"
+                )

@@ -1,0 +1,1 @@
+"""Reading and writing checkpoints: safetensors headers, strict loading, streamed writes, atomic directories."""

@@ -1,0 +1,124 @@
+"""`widen` and `groups`: the Net2WiderNet operator and the view of a model's coupled dimensions."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .. import hf
+from ..core.apply import build_model
+from ..core.certify import Certificate, Reference, audit, certify
+from ..core.coupling import couple
+from ..core.guards import check_model
+from ..core.plan import SpaceMaps, changes_of, plan_widths
+from ..core.space import total_size
+from ..errors import EXTENSION_HINT, NotPreservedError, UnsupportedModelError
+
+
+@dataclass
+class WidenReport:
+    """What `widen` did: the new size of each grown group and the measured certificate."""
+
+    certificate: Certificate
+    changes: list[tuple[str, int, int]] = field(default_factory=list)  # (group, old size, new size)
+
+    def __str__(self) -> str:
+        lines = [f"  {name}: {old} -> {new}" for name, old, new in self.changes]
+        return "\n".join([f"widened {len(self.changes)} dimension(s):", *lines, f"certificate: {self.certificate}"])
+
+
+def _tensors(model: nn.Module) -> dict:
+    return dict([*model.named_parameters(), *model.named_buffers()])
+
+
+def widen(
+    model: nn.Module,
+    widths: dict[str, int] | float | None = None,
+    *,
+    example_inputs: Any = None,
+    noise: float = 0.0,
+    seed: int | None = None,
+    check: bool = True,
+    **config_sizes: int,
+) -> nn.Module:
+    """Return a wider copy of `model` that computes the same function (Net2WiderNet). `model` is not modified.
+
+    Args:
+        model: any `nn.Module`.
+        widths: ``{module path: new size}`` of the dimension that module produces (a Linear's out_features, a
+            Conv's out_channels, an Embedding's embedding_dim...), or one float factor for every dimension that can
+            grow (rounded up to the nearest valid size; the model's input and output sizes never change).
+        example_inputs: tuple of tensors (or a dict of keyword inputs) to trace the model and certify the result.
+        noise: symmetry breaking that keeps the function exact. The copies of a unit split each of its outgoing
+            weights in shares ``(1 + noise * (z - mean z)) / count`` drawn element by element (z standard normal),
+            which still sum to one. Without it the copies of a unit receive gradients that differ only by a
+            constant factor, which Adam-type optimisers normalise away: the copies then stay identical and the
+            wider model keeps the small one's capacity. 0.5 is a good start; float32/float64 parameters only.
+        seed: seed for the random replication map and the noise.
+        check: raise `NotPreservedError` if the certificate exceeds the bound (default).
+        **config_sizes: for a Hugging Face GPT-2 / BERT / LLaMA-family model, sizes in config terms instead of
+            `widths`: ``hidden_size``, ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``.
+            The result is a plain model of the same class with its config updated (see the README's Hugging Face
+            section); `example_inputs` (a dict of model inputs) is optional there.
+
+    The result carries ``result.netgraft_report`` (sizes changed and certificate) and
+    ``result.netgraft_certificate``.
+
+    Example:
+        >>> import torch, netgraft
+        >>> m = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> wide = netgraft.widen(m, {"0": 12}, example_inputs=(torch.randn(4, 3),), seed=0)
+        >>> wide[0].out_features, wide[2].in_features, wide.netgraft_certificate.passed
+        (12, 12, True)
+    """
+    check_model(model, "widen")
+    if config_sizes:
+
+        allowed = {"hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"}
+        unknown = set(config_sizes) - allowed
+        if unknown or widths is not None or not hf.is_hf_model(model):
+            raise TypeError(f"widen: config sizes ({', '.join(sorted(config_sizes))}) apply to Hugging Face models "
+                            f"only, instead of `widths`; known: {sorted(allowed)}")
+    if isinstance(noise, bool) or not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    if config_sizes:
+        return hf.widen_hf(model, seed=seed, noise=float(noise), probe_inputs=example_inputs, check=check,
+                           **config_sizes)
+    if widths is None or example_inputs is None:
+        raise TypeError("widen needs `widths` and `example_inputs` (or, for a Hugging Face model, config sizes)")
+    coupling = couple(model, example_inputs)
+    planner = plan_widths(coupling, widths)
+    maps = SpaceMaps(planner.build_maps(seed), noise, seed)
+    result = build_model(coupling, maps, lambda s: total_size(s, planner.sizes))
+    grown = {n: t for n, t in _tensors(result).items() if n in coupling.trace.tensors_by_name
+             and t.shape != coupling.trace.tensors_by_name[n].shape}
+    try:
+        audit(model, result, example_inputs, grown, "widen")
+    except UnsupportedModelError:
+        raise
+    except (RuntimeError, ValueError, AssertionError) as err:
+        # The traced ops were all mapped, yet the grown model does not run: its forward computes a shape from a
+        # constant (e.g. `x.view(B, T, self.n_head, C // self.n_head)`), which no trace can see.
+        grown_dims = ", ".join(f"'{n}' {o}->{w}" for n, o, w in changes_of(coupling, planner)) or "none"
+        raise UnsupportedModelError(
+            f"the widened model fails to run ({type(err).__name__}: {str(err)[:300]}). Its forward probably builds a "
+            f"shape from a constant or attribute (e.g. a head count) that netgraft cannot update. Grown: "
+            f"{grown_dims}. Widen only dimensions that avoid that code (pass a dict), or register a layer rule for "
+            f"the module. {EXTENSION_HINT}"
+        ) from err
+    cert = certify(Reference(model, coupling.trace.probes, coupling.trace.probe_outputs), result)
+    report = WidenReport(cert, changes_of(coupling, planner))
+    if not isinstance(widths, dict) and widths > 1 and not report.changes:
+        fixed = [f"'{g.name}': {(g.fixed + g.uniform)[0]}" for g in coupling.groups if g.name and g.fixed][:3]
+        warnings.warn(f"widen({widths}) grew nothing: no hidden dimension of this model can grow ({'; '.join(fixed)})",
+                      stacklevel=2)
+    result.netgraft_report = report
+    result.netgraft_certificate = cert
+    if check and not cert.passed:
+        raise NotPreservedError(f"widen did not preserve the function: {cert}")
+    return result
