@@ -17,7 +17,8 @@ from . import rules  # noqa: F401 - registers the built-in coupling rules
 from .core.certify import Certificate, check_preserved
 from .core.coupling import Group, GroupTable, groups
 from .core.registry import RuleContext, register_layer, register_op, unregister_layer
-from .errors import NotPreservedError, UnsupportedModelError
+from .errors import InvalidRequestError, NetgraftError, NotPreservedError, UnknownNameError, UnsupportedModelError
+from .hf.request import ConfigSizes
 from .ops.deepen import Deepened, DeepenReport, GatedBlock, Insertion, ResidualInsert, deepen, fold_gates, set_gates_
 from .ops.grow import GrowReport, GrowthSchedule, grow_
 from .ops.inject import SIMILARITY_THRESHOLD, InjectionReport, inject, similarity
@@ -27,6 +28,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Certificate",
+    "ConfigSizes",
+    "InvalidRequestError",
+    "NetgraftError",
+    "UnknownNameError",
     "DeepenReport",
     "Deepened",
     "GatedBlock",

@@ -33,7 +33,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..errors import UnsupportedModelError
 from .probes import Probe
-from .state import call_model, flat_outputs, run_mode
+from .state import call_model, flat_outputs, module_paths, run_mode
 
 MODES = ("eval", "train")
 
@@ -297,7 +297,7 @@ def audit(source: nn.Module, result: nn.Module, inputs: Any, must_use: dict[str,
     """Run `result` once and refuse it when it reaches a module or tensor of `source` (a copied closure or a global
     still points at the source: the result's own layers would be dead and training it would train the source) or
     when a tensor of `must_use` (grown or inserted) is never used."""
-    src_modules = {id(m): n for n, m in source.named_modules(remove_duplicate=False)}
+    src_modules = module_paths(source)
     src_tensors = {id(t): n for n, t in [*source.named_parameters(), *source.named_buffers()]}
     called: list[str] = []
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import UnknownNameError
 from . import space as sp
 from .graph import Trace
 from .guards import check_model
@@ -160,6 +161,8 @@ class Coupling:
             self.by_leaf[leaf.id] = g
         self._name_groups()
         for link in trace.links:
+            if sp.find(link.primary) is sp.find(link.dependent):
+                continue  # the pieces of a chunk that meet again (tanh(f) * sigmoid(g)): a link to itself binds nothing
             for leaf in self.free_leaves(link.dependent):
                 self.by_leaf[leaf.id].dependent = True
 
@@ -260,7 +263,7 @@ class GroupTable(list):
             for g in self:
                 if g.name == key or key in g.aliases:
                     return g
-            raise KeyError(f"no group named '{key}'")
+            raise UnknownNameError(f"no group named '{key}'")
         return super().__getitem__(key)
 
 

@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_flatten
 from . import space as sp
 from .probes import Probe
 from .space import Space
+from .state import module_paths
 
 COPY = "copy"  # axis holds one value per unit: gathered when units are replicated (weight rows, biases, BN stats)
 FANIN = "fanin"  # axis is summed over: gathered and split between the copies of a unit (next layer's columns)
@@ -95,7 +96,7 @@ class Trace:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.module_names: dict[int, str] = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        self.module_names: dict[int, str] = module_paths(model)
         self.tensors: dict[int, tuple[str, torch.Tensor]] = {}
         for n, p in model.named_parameters(remove_duplicate=True):
             self.tensors.setdefault(id(p), (n, p))

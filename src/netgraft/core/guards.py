@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import UnsupportedModelError
+from ..errors import InvalidRequestError, UnsupportedModelError
 
 _QUANTIZED_PACKAGES = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")
 
@@ -25,7 +25,7 @@ def _quantized(module: nn.Module) -> bool:
 def check_model(model: nn.Module, verb: str) -> None:
     """Raise TypeError for a non-module and UnsupportedModelError for a model netgraft cannot work on."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"{verb}: model must be an nn.Module, got {type(model).__name__}")
+        raise InvalidRequestError(f"{verb}: model must be an nn.Module, got {type(model).__name__}")
     for path, module in model.named_modules():
         where = f"'{path}' ({type(module).__name__})" if path else f"the model ({type(module).__name__})"
         if isinstance(module, torch.jit.ScriptModule) and not path:  # a scripted submodule only blocks its axes

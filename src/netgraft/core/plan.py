@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import EXTENSION_HINT, UnsupportedModelError
+from ..errors import EXTENSION_HINT, InvalidRequestError, UnknownNameError, UnsupportedModelError
 from . import space as sp
 from .coupling import Coupling, Group
 from .space import Space, solve_leaf, total_size
@@ -39,16 +39,17 @@ class Planner:
         if not spaces:
             names = [n for n, _ in self.c.trace.model.named_modules() if n]
             if key in names:
-                raise KeyError(
+                raise UnknownNameError(
                     f"module '{key}' produces no dimension that netgraft can widen (a layer such as BatchNorm or an "
                     f"activation follows the width of the layer before it: name that layer). Keys: "
                     f"{sorted(self.c.producer_keys)[:12]}"
                 )
             candidates = list(dict.fromkeys([*self.c.producer_keys, *names]))
             close = difflib.get_close_matches(key, candidates, n=5, cutoff=0.5)
-            raise KeyError(f"no module named '{key}' in the model; close matches: {close or 'none'}")
+            raise UnknownNameError(f"no module named '{key}' in the model; close matches: {close or 'none'}")
         if len(spaces) > 1:
-            raise ValueError(f"'{key}' produces several dimensions; name the parameter instead (e.g. '{key}.weight')")
+            raise InvalidRequestError(f"'{key}' produces several dimensions; name the parameter instead (e.g. "
+                                      f"'{key}.weight')")
         space = spaces[0]
         leaves = [x for x in sp.leaves(space) if x.id in self.c.by_leaf]
         free = [x for x in leaves if self.c.free(x)]
@@ -59,7 +60,8 @@ class Planner:
         if blocked:
             raise UnsupportedModelError(f"cannot widen '{key}': {blocked[0]}. {EXTENSION_HINT}")
         fixed = [r for f, _, _ in status for r in f]
-        raise ValueError(f"cannot widen '{key}': its dimension cannot grow ({'; '.join(fixed[:3]) or 'no free unit'})")
+        raise InvalidRequestError(f"cannot widen '{key}': its dimension cannot grow "
+                                  f"({'; '.join(fixed[:3]) or 'no free unit'})")
 
     def request_total(self, key: str, total: int) -> None:
         g, space = self.group_for_key(key)
@@ -67,21 +69,23 @@ class Planner:
         unit = g.unit
         new = solve_leaf(space, g.leaf, {}, total)
         if total < old_total or new is None:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"'{key}' ({_describe(g)}) has size {old_total}; requested {total}. Valid sizes: "
                 f"{self.valid_totals(g, unit)}" + (" (sizes never shrink)" if total < old_total else "")
             )
         if g.uniform and new % g.size:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"'{key}' has size {old_total} and {g.uniform[0]}: exact widening needs uniform replication, i.e. "
                 f"a multiple of {old_total}. Valid sizes: {self.valid_totals(g, unit)}"
             )
         if g.leaf.id in self.sizes and self.sizes[g.leaf.id] != new:
-            raise ValueError(f"conflicting sizes for {_describe(g)}: {self.sizes[g.leaf.id] * unit} and {total}")
+            raise InvalidRequestError(f"conflicting sizes for {_describe(g)}: {self.sizes[g.leaf.id] * unit} and "
+                                      f"{total}")
         try:
             self.propagate({**self.sizes, g.leaf.id: new})
         except ValueError as err:
-            raise ValueError(f"'{key}' cannot be {total}: {err}. Valid sizes: {self.valid_totals(g, unit)}") from err
+            raise InvalidRequestError(f"'{key}' cannot be {total}: {err}. Valid sizes: "
+                                      f"{self.valid_totals(g, unit)}") from err
         self.sizes[g.leaf.id] = new
 
     def valid_totals(self, g: Group, unit: int, count: int = 5) -> list[int]:
@@ -100,7 +104,7 @@ class Planner:
 
     def request_factor(self, factor: float) -> None:
         if not (factor >= 1.0 and math.isfinite(factor)):
-            raise ValueError(f"width factor must be a finite number >= 1, got {factor}")
+            raise InvalidRequestError(f"width factor must be a finite number >= 1, got {factor}")
         if factor == 1.0:
             return
         blocked = [g for g in self.c.groups if g.blocked and g.producers and not g.fixed]
@@ -126,7 +130,8 @@ class Planner:
                         break
                 q += 1
             else:  # never return a model that silently skipped a dimension it was asked to grow
-                raise ValueError(f"no size of {_describe(g)} near {factor} x {g.size} satisfies its constraints and "
+                raise InvalidRequestError(f"no size of {_describe(g)} near {factor} x {g.size} satisfies its "
+                                          "constraints and "
                                  f"links: {'; '.join(g.uniform + [link.reason for link in self.c.trace.links][:2])}")
 
     # -- links ------------------------------------------------------------------------------------------------
@@ -153,7 +158,8 @@ class Planner:
                     new = solve_leaf(other, leaf, sizes, want)
                     g = self.c.by_leaf[leaf.id]
                     if new is None or new < leaf.size or (g.uniform and new % leaf.size):
-                        raise ValueError(f"{link.reason}: {_describe(g)} cannot be resized to make it {want} wide")
+                        raise InvalidRequestError(f"{link.reason}: {_describe(g)} cannot be resized to make it "
+                                                  f"{want} wide")
                     sizes[leaf.id] = new
                     changed = True
             if not changed:
@@ -161,7 +167,7 @@ class Planner:
         for link in links:
             a, b = total_size(link.primary, sizes), total_size(link.dependent, sizes)
             if a != b:
-                raise ValueError(f"sizes break a link: {link.reason} ({a} != {b})")
+                raise InvalidRequestError(f"sizes break a link: {link.reason} ({a} != {b})")
         return sizes
 
     # -- maps ---------------------------------------------------------------------------------------------------
@@ -238,10 +244,11 @@ def plan_widths(coupling: Coupling, widths: dict[str, int] | float) -> Planner:
     if isinstance(widths, dict):
         for key, size in widths.items():
             if not isinstance(size, numbers.Integral) or isinstance(size, bool):
-                raise TypeError(f"widths['{key}'] must be an int, got {size!r}")
+                raise InvalidRequestError(f"widths['{key}'] must be an int, got {size!r}")
             planner.request_total(key, int(size))
     elif isinstance(widths, numbers.Real) and not isinstance(widths, bool):
         planner.request_factor(float(widths))
     else:
-        raise TypeError(f"widths must be a dict {{module path: size}} or a float factor, got {type(widths).__name__}")
+        raise InvalidRequestError(f"widths must be a dict {{module path: size}} or a float factor, got "
+                                  f"{type(widths).__name__}")
     return planner

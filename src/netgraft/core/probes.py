@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..errors import UnsupportedModelError
-from .state import call_model, flat_outputs, run_mode
+from .state import call_model, flat_outputs, module_paths, run_mode
 
 
 @dataclass
@@ -95,7 +95,7 @@ class _PathRecorder(TorchFunctionMode):
 def path_of(model: nn.Module, inputs: Any) -> tuple[dict[tuple[str, str], int], Any]:
     """The (module path, op) pairs that run on `inputs` (with their first position), and the outputs. Eval mode,
     no gradients, state preserved."""
-    names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+    names = module_paths(model)
     stack: list[str] = []
 
     def pre(module: nn.Module, args: tuple) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InvalidRequestError
 from . import space as sp
 from .graph import COPY, FANIN, AttrSetter, Link, OpRecord, Producer, Trace, Value, _flat_tensors
 from .space import Space
@@ -159,7 +160,7 @@ class RuleContext:
     def param(self, name: str) -> Value | None:
         """A parameter or buffer of the module this layer rule is for, by attribute name (None if absent)."""
         if self.module is None:
-            raise TypeError("param() is for layer rules")
+            raise InvalidRequestError("param() is for layer rules")
         t = getattr(self.module, name, None)
         return None if t is None else self.value(t)
 

@@ -147,3 +147,9 @@ def flat_outputs(obj: Any) -> list[torch.Tensor]:
         obj = obj.to_tuple()
     leaves, _ = tree_flatten(obj)
     return [x for x in leaves if isinstance(x, torch.Tensor)]
+
+
+def module_paths(model: nn.Module) -> dict[int, str]:
+    """id(module) -> its path. A module registered under two names (`self.conv1` also inside `self.net`) is known by
+    its first one, the name `named_modules()`, parameter names and users see."""
+    return {id(m): n for n, m in model.named_modules()}

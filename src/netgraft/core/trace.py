@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import EXTENSION_HINT, UnsupportedModelError
+from ..errors import EXTENSION_HINT, InvalidRequestError, UnsupportedModelError
 from . import space as sp
 from .graph import ModuleCall, Trace, Value, _flat_tensors
 from .probes import make_probes, same_path_probes
@@ -99,7 +99,7 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
 
                 if isinstance(err, RuleFailure):
                     raise UnsupportedModelError(f"{err}. A rule can be replaced: {EXTENSION_HINT}") from err
-                raise ValueError(
+                raise InvalidRequestError(
                     f"the model failed on example_inputs while netgraft traced it ({type(err).__name__}: "
                     f"{str(err)[:300]}); pass inputs the model accepts (a tuple of tensors or a dict of keyword inputs)"
                 ) from err

@@ -34,7 +34,7 @@ from ..core.certify import Certificate, Reference
 from ..core.certify import certify as certify_outputs
 from ..core.probes import make_probes
 from ..core.trace import owner_of
-from ..errors import NotPreservedError
+from ..errors import InvalidRequestError, NotPreservedError
 
 W, R = "w", "r"  # an axis written (rows, vectors: copied) or read (columns: split between copies)
 
@@ -121,7 +121,7 @@ LLAMA = Family(
 FAMILIES = (GPT2, BERT, LLAMA)
 
 
-class HFError(ValueError):
+class HFError(InvalidRequestError):
     """A Hugging Face model netgraft cannot grow as asked (unknown family, impossible size): names the reason."""
 
 

@@ -17,7 +17,8 @@ from ..core.coupling import couple
 from ..core.guards import check_model
 from ..core.plan import SpaceMaps, changes_of, plan_widths
 from ..core.space import total_size
-from ..errors import EXTENSION_HINT, NotPreservedError, UnsupportedModelError
+from ..errors import EXTENSION_HINT, InvalidRequestError, NotPreservedError, UnsupportedModelError
+from ..hf.request import WIDTH_FIELDS, ConfigSizes
 
 
 @dataclass
@@ -38,7 +39,7 @@ def _tensors(model: nn.Module) -> dict:
 
 def widen(
     model: nn.Module,
-    widths: dict[str, int] | float | None = None,
+    widths: dict[str, int] | float | ConfigSizes | None = None,
     *,
     example_inputs: Any = None,
     noise: float = 0.0,
@@ -50,9 +51,14 @@ def widen(
 
     Args:
         model: any `nn.Module`.
-        widths: ``{module path: new size}`` of the dimension that module produces (a Linear's out_features, a
-            Conv's out_channels, an Embedding's embedding_dim...), or one float factor for every dimension that can
-            grow (rounded up to the nearest valid size; the model's input and output sizes never change).
+        widths: what to grow, which also selects the front end:
+            ``{module path: new size}`` of the dimension that module produces (a Linear's out_features, a Conv's
+            out_channels, an Embedding's embedding_dim...), or one float factor for every dimension that can grow
+            (rounded up to the nearest valid size; the model's input and output sizes never change): the model is
+            traced on `example_inputs`;
+            a `netgraft.ConfigSizes` (``hidden_size``, ``intermediate_size``, ``num_attention_heads``,
+            ``num_key_value_heads``) for a Hugging Face model of a known family: planned from its config, the
+            result a plain model of the same class (see the README's Hugging Face section).
         example_inputs: tuple of tensors (or a dict of keyword inputs) to trace the model and certify the result.
         noise: symmetry breaking that keeps the function exact. The copies of a unit split each of its outgoing
             weights in shares ``(1 + noise * (z - mean z)) / count`` drawn element by element (z standard normal),
@@ -61,10 +67,7 @@ def widen(
             wider model keeps the small one's capacity. 0.5 is a good start; float32/float64 parameters only.
         seed: seed for the random replication map and the noise.
         check: raise `NotPreservedError` if the certificate exceeds the bound (default).
-        **config_sizes: for a Hugging Face GPT-2 / BERT / LLaMA-family model, sizes in config terms instead of
-            `widths`: ``hidden_size``, ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``.
-            The result is a plain model of the same class with its config updated (see the README's Hugging Face
-            section); `example_inputs` (a dict of model inputs) is optional there.
+        **config_sizes: shorthand for ``widths=ConfigSizes(**config_sizes)``.
 
     The result carries ``result.netgraft_report`` (sizes changed and certificate) and
     ``result.netgraft_certificate``.
@@ -77,20 +80,32 @@ def widen(
         (12, 12, True)
     """
     check_model(model, "widen")
-    if config_sizes:
-
-        allowed = {"hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"}
-        unknown = set(config_sizes) - allowed
-        if unknown or widths is not None or not hf.is_hf_model(model):
-            raise TypeError(f"widen: config sizes ({', '.join(sorted(config_sizes))}) apply to Hugging Face models "
-                            f"only, instead of `widths`; known: {sorted(allowed)}")
     if isinstance(noise, bool) or not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
-    if config_sizes:
+        raise InvalidRequestError(f"noise must be a finite number >= 0, got {noise!r}")
+    if config_sizes:  # shorthand for a ConfigSizes request
+        if widths is not None:
+            raise InvalidRequestError("widen: give `widths` or config sizes, not both")
+        unknown = set(config_sizes) - set(WIDTH_FIELDS)
+        if unknown:
+            raise InvalidRequestError(f"widen: unknown config sizes {sorted(unknown)}; known: {list(WIDTH_FIELDS)}")
+        widths = ConfigSizes(**config_sizes)
+    if isinstance(widths, ConfigSizes):  # the family front end: planned from the config, no trace
+        if not hf.is_hf_model(model):
+            raise InvalidRequestError(f"widen: ConfigSizes (config sizes) apply to Hugging Face models only; got "
+                                      f"{type(model).__name__}: name the modules to grow instead")
+        if set(widths.given()) - set(WIDTH_FIELDS):
+            raise InvalidRequestError(f"widen: {widths} changes depth; use deepen for num_hidden_layers")
         return hf.widen_hf(model, seed=seed, noise=float(noise), probe_inputs=example_inputs, check=check,
-                           **config_sizes)
+                           **widths.given())
     if widths is None or example_inputs is None:
-        raise TypeError("widen needs `widths` and `example_inputs` (or, for a Hugging Face model, config sizes)")
+        raise InvalidRequestError("widen needs `widths` and `example_inputs` (or, for a Hugging Face model, a "
+                                  "ConfigSizes)")
+    return _widen_traced(model, widths, example_inputs, float(noise), seed, check)
+
+
+def _widen_traced(model: nn.Module, widths: dict[str, int] | float, example_inputs: Any, noise: float,
+                  seed: int | None, check: bool) -> nn.Module:
+    """The traced front end: trace -> couple -> plan -> apply -> certify."""
     coupling = couple(model, example_inputs)
     planner = plan_widths(coupling, widths)
     maps = SpaceMaps(planner.build_maps(seed), noise, seed)

@@ -15,6 +15,8 @@ import numbers
 import torch
 from torch import nn
 
+from ...errors import InvalidRequestError
+
 
 class ResidualInsert(nn.Module):
     """``x + branch(x)``; `deepen` zeroes the branch's last layer, so the insert is an identity at first."""
@@ -92,7 +94,7 @@ def set_gates_(model: nn.Module, value: float) -> int:
         (1, 1.0)
     """
     if not (isinstance(value, numbers.Real) and 0.0 <= float(value) <= 1.0):
-        raise ValueError(f"a gate value must be a number in [0, 1], got {value!r}")
+        raise InvalidRequestError(f"a gate value must be a number in [0, 1], got {value!r}")
     gates = [m for m in model.modules() if isinstance(m, GatedBlock)]
     with torch.no_grad():
         for m in gates:
@@ -115,7 +117,8 @@ def fold_gates(model: nn.Module) -> nn.Module:
     open_gates = [f"'{n}' (gate {float(m.gate):.4g})" for n, m in model.named_modules()
                   if isinstance(m, GatedBlock) and float(m.gate) != 1.0]
     if open_gates:
-        raise ValueError(f"fold_gates needs every gate at 1; ramp them with set_gates_ first: {', '.join(open_gates)}")
+        raise InvalidRequestError(f"fold_gates needs every gate at 1; ramp them with set_gates_ first: "
+                                  f"{', '.join(open_gates)}")
     folded = copy.deepcopy(model)
     if isinstance(folded, GatedBlock):
         return folded.block

@@ -26,7 +26,8 @@ from ...core.guards import check_model
 from ...core.registry import layer_rule_for
 from ...core.state import call_model, preserve_state, run_mode
 from ...core.trace import trace
-from ...errors import NotPreservedError, UnsupportedModelError
+from ...errors import InvalidRequestError, NotPreservedError, UnsupportedModelError
+from ...hf.request import DEPTH_FIELDS, ConfigSizes
 from .build import Built, block_insert, identity_layer, make_identity_bn_, residual_insert
 from .inserts import Deepened
 from .plan import IdentityForm, has_skip, identity_form, neighbourhood, zero_plan
@@ -115,10 +116,11 @@ def _anchor_call(tr: Trace, model: nn.Module, path: str) -> ModuleCall:
     if path not in names:
         close = difflib.get_close_matches(path, names, n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"deepen: the model has no module '{path}'{hint}")
+        raise InvalidRequestError(f"deepen: the model has no module '{path}'{hint}")
     calls = [c for c in tr.calls if c.path == path]
     if not calls:
-        raise ValueError(f"deepen: module '{path}' did not run on example_inputs (or runs inside a layer traced as one "
+        raise InvalidRequestError(f"deepen: module '{path}' did not run on example_inputs (or runs inside a layer "
+                                  "traced as one "
                          "op), so there is nothing to insert after")
     if len(calls) > 1:
         raise UnsupportedModelError(f"deepen: module '{path}' ({type(calls[0].module).__name__}) is called "
@@ -249,7 +251,7 @@ def _place(root: nn.Module, target: nn.Module, new: nn.Module, pass_args: bool, 
     """Put `new` right after `target`: as the next entry of its (chained) Sequential/ModuleList, or by wrapping."""
     found = _locate(root, target)
     if found is None:  # the anchor is the model itself
-        return Deepened(root, new, pass_args)
+        return _wrapper(root, new, pass_args)
     parent, key = found
     if not wrap and isinstance(parent, (nn.Sequential, nn.ModuleList)):
         items = list(parent._modules.items())
@@ -267,8 +269,15 @@ def _place(root: nn.Module, target: nn.Module, new: nn.Module, pass_args: bool, 
             if isinstance(layers_attr, int) and layers_attr == len(items) - 1:
                 owner[0].num_layers = len(items)
         return root
-    parent._modules[key] = Deepened(target, new, pass_args)
+    parent._modules[key] = _wrapper(target, new, pass_args)
     return root
+
+
+def _wrapper(target: nn.Module, new: nn.Module, pass_args: bool) -> Deepened:
+    """`Deepened(target, new)` in the target's own mode (only the wrapper's flag: the modules inside keep theirs)."""
+    wrapper = Deepened(target, new, pass_args)
+    wrapper.training = target.training
+    return wrapper
 
 
 def _fresh_key(parent: nn.Module, key: str) -> str:
@@ -329,7 +338,8 @@ def _calibrate(model: nn.Module, bns: list[tuple[nn.Module, bool]], data: Iterab
                 try:
                     call_model(model, batch)
                 except Exception as err:
-                    raise ValueError(f"deepen: the model failed on `data` batch {batches} ({type(err).__name__}: "
+                    raise InvalidRequestError(f"deepen: the model failed on `data` batch {batches} "
+                                              f"({type(err).__name__}: "
                                      f"{str(err)[:200]}); batches must look like example_inputs (trailing items "
                                      "such as labels are dropped), with more than one sample") from err
                 batches += 1
@@ -339,7 +349,7 @@ def _calibrate(model: nn.Module, bns: list[tuple[nn.Module, bool]], data: Iterab
         for m, mode in modes:
             m.training = mode
     if batches == 0:
-        raise ValueError("deepen: `data` yielded no batches")
+        raise InvalidRequestError("deepen: `data` yielded no batches")
     for bn, identity in bns:
         count, total, squares = stats[id(bn)]
         mean = total / count
@@ -360,7 +370,7 @@ def _dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
 
 def deepen(
     model: nn.Module,
-    after: str | list[str] | None = None,
+    after: str | list[str] | ConfigSizes | None = None,
     *,
     example_inputs: Any = None,
     num_hidden_layers: int | None = None,
@@ -388,7 +398,11 @@ def deepen(
 
     Args:
         model: any `nn.Module`.
-        after: a module path or a list of them (as in ``model.named_modules()``).
+        after: where to insert, which also selects the front end: a module path or a list of them (as in
+            ``model.named_modules()``), traced on `example_inputs`; or, for a Hugging Face model of a known family,
+            a `netgraft.ConfigSizes(num_hidden_layers=N)`: new layers spread evenly (pre-norm: copies with zeroed
+            output projections; post-norm BERT: identity layers), per-layer config fields extended, the result a
+            plain model of the same class.
         example_inputs: tuple of tensors (or a dict of keyword inputs) to trace the model and certify the result.
         data: optional iterable of input batches (``(x, y)`` pairs are fine: labels are ignored). Inserted
             BatchNorms take their statistics from it, so they are identities in eval mode and close to one in train
@@ -398,9 +412,7 @@ def deepen(
             and zeroed layers) to break symmetry; any noise > 0 makes the result approximate by request.
         seed: seed for new weights and noise (the global RNG is left untouched when given).
         check: raise `NotPreservedError` if an exact (noise 0) result exceeds the bound.
-        num_hidden_layers: for a Hugging Face GPT-2 / BERT / LLaMA-family model, the new layer count instead of
-            `after`: new layers are spread evenly (pre-norm: copies with zeroed output projections; BERT: identity
-            post-norm layers) and the result is a plain model of the same class with its config updated.
+        num_hidden_layers: shorthand for ``after=ConfigSizes(num_hidden_layers=N)``.
 
     The result carries ``result.netgraft_report`` (a `DeepenReport`) and ``result.netgraft_certificate``.
 
@@ -412,24 +424,31 @@ def deepen(
         (['Linear', 'ReLU', 'Sequential', 'Linear'], True)
     """
     check_model(model, "deepen")
-    if num_hidden_layers is not None:
-
-        if after is not None or not hf.is_hf_model(model):
-            raise TypeError("deepen: num_hidden_layers applies to Hugging Face models only, instead of `after`")
-        return hf.deepen_hf(model, num_hidden_layers=num_hidden_layers, probe_inputs=example_inputs, check=check)
+    if num_hidden_layers is not None:  # shorthand for a ConfigSizes request
+        if after is not None:
+            raise InvalidRequestError("deepen: give `after` or num_hidden_layers, not both")
+        after = ConfigSizes(num_hidden_layers=num_hidden_layers)
+    if isinstance(after, ConfigSizes):  # the family front end: planned from the config, no trace
+        if not hf.is_hf_model(model):
+            raise InvalidRequestError(f"deepen: ConfigSizes (config sizes) apply to Hugging Face models only; got "
+                                      f"{type(model).__name__}: name the modules to grow instead")
+        if set(after.given()) != set(DEPTH_FIELDS):
+            raise InvalidRequestError(f"deepen: {after} must give num_hidden_layers only (widths: use widen)")
+        return hf.deepen_hf(model, num_hidden_layers=after.num_hidden_layers, probe_inputs=example_inputs,
+                            check=check)
     if example_inputs is None:
-        raise TypeError("deepen needs example_inputs (the inputs to trace the model with)")
+        raise InvalidRequestError("deepen needs example_inputs (the inputs to trace the model with)")
     anchors = [after] if isinstance(after, str) else list(after) if isinstance(after, (list, tuple)) else None
     if not anchors or not all(isinstance(a, str) for a in anchors):
-        raise TypeError(f"after must be a module path or a non-empty list of them, got {after!r}")
+        raise InvalidRequestError(f"after must be a module path or a non-empty list of them, got {after!r}")
     if len(set(anchors)) != len(anchors):
-        raise ValueError(f"after names a module twice: {anchors}")
+        raise InvalidRequestError(f"after names a module twice: {anchors}")
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise InvalidRequestError(f"kind must be one of {KINDS}, got {kind!r}")
     if isinstance(noise, bool) or not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+        raise InvalidRequestError(f"noise must be a finite number >= 0, got {noise!r}")
     if data is not None and (isinstance(data, (torch.Tensor, dict)) or not isinstance(data, Iterable)):
-        raise TypeError(f"data must be an iterable of input batches (a list or a DataLoader), got "
+        raise InvalidRequestError(f"data must be an iterable of input batches (a list or a DataLoader), got "
                         f"{type(data).__name__}; wrap a single batch as [x]")
     tr = trace(model, example_inputs)
     dtype, device = _dtype_device(model)

@@ -21,6 +21,7 @@ from ...core.coupling import Coupling, Group
 from ...core.graph import COPY, FANIN, Value
 from ...core.state import preserve_state
 from ...core.trace import owner_of
+from ...errors import InvalidRequestError
 
 # Ops a new unit may cross between its writer and the next layer: identity units keep its value at zero.
 _ELEMENTWISE = {"relu", "relu6", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "hardtanh", "elu", "selu", "celu",
@@ -302,11 +303,12 @@ def check_alive(plan: GroupPlan, init: str) -> None:
         if not gating.error:
             return  # the product analysis saw every op on the path, dead activations included
         if not plan.dead_ops:
-            raise ValueError(f"grow_(init='{init}'): {gating.error}. Use init='net2net' (duplication, exact and alive) "
+            raise InvalidRequestError(f"grow_(init='{init}'): {gating.error}. Use init='net2net' (duplication, exact "
+                                      "and alive) "
                              f"for this dimension")
     dead = sorted(set(plan.dead_ops))
     if dead and init in ("gradmax", "random"):
-        raise ValueError(
+        raise InvalidRequestError(
             f"grow_(init='{init}'): the new units of '{plan.key}' pass through {dead[0]} before the next layer. A unit "
             f"with zero fan-in has pre-activation 0, where PyTorch's {dead[0]} has derivative 0: its fan-in would get "
             f"no gradient and never move. Use an activation with f'(0) != 0 at growth time (LeakyReLU, GELU, SiLU, "
@@ -353,7 +355,7 @@ def identity_value(model: nn.Module, name: str, old: torch.Tensor, axis: int,
 # ------------------------------------------------------------------------------------------------------ GradMax
 def _single(items: list[tuple[str, int]], what: str, plan: GroupPlan) -> tuple[str, int]:
     if len(items) != 1:
-        raise ValueError(f"grow_(init='gradmax') needs one {what} layer for '{plan.key}', found {len(items)} "
+        raise InvalidRequestError(f"grow_(init='gradmax') needs one {what} layer for '{plan.key}', found {len(items)} "
                          f"({[n for n, _ in items]}); use init='random', 'zeros' or 'net2net' for this dimension")
     return items[0]
 
@@ -363,7 +365,8 @@ def _layer(model: nn.Module, name: str, axis: int, want_axis: int, plan: GroupPl
     ok = attr == "weight" and axis == want_axis and (
         isinstance(module, nn.Linear) or (isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1))
     if not ok:
-        raise ValueError(f"grow_(init='gradmax') supports Linear and Conv1d/Conv2d (groups=1) on both sides of the "
+        raise InvalidRequestError(f"grow_(init='gradmax') supports Linear and Conv1d/Conv2d (groups=1) on both sides "
+                                  "of the "
                          f"grown dimension; '{plan.key}' has '{name}' ({type(module).__name__}, axis {axis}). Use "
                          f"init='random', 'zeros' or 'net2net' for this dimension")
     return module
@@ -377,9 +380,9 @@ def _unfold(h: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     else:
         k, d, p, s = conv.kernel_size, conv.dilation, conv.padding, conv.stride
     if isinstance(p, str):
-        raise ValueError(f"grow_(init='gradmax'): padding='{p}' is not supported; use integer padding")
+        raise InvalidRequestError(f"grow_(init='gradmax'): padding='{p}' is not supported; use integer padding")
     if conv.padding_mode != "zeros":
-        raise ValueError(f"grow_(init='gradmax'): padding_mode='{conv.padding_mode}' is not supported")
+        raise InvalidRequestError(f"grow_(init='gradmax'): padding_mode='{conv.padding_mode}' is not supported")
     return F.unfold(h, k, dilation=d, padding=p, stride=s)
 
 
@@ -393,7 +396,8 @@ def _adjoint_patches(g: torch.Tensor, conv: nn.Module, spatial: tuple[int, ...])
     out = fn(g, basis, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
     pads = [s - o for s, o in zip(spatial, out.shape[2:], strict=True)]
     if any(p < 0 for p in pads):
-        raise ValueError("grow_(init='gradmax'): the next layer's geometry does not match the grown layer's map")
+        raise InvalidRequestError("grow_(init='gradmax'): the next layer's geometry does not match the grown layer's "
+                                  "map")
     pad = [x for p in reversed(pads) for x in (0, p)]  # output_padding: positions no output reads get no gradient
     return F.pad(out, pad).flatten(2)
 
@@ -412,7 +416,7 @@ def _inputs_and_grad(model: nn.Module, loss_fn, batch, inputs_of: dict[str, nn.M
             loss = loss_fn(model, batch)
             runs = {name: len(v) for name, v in seen.items()} | {"output": len(outputs)}
             if any(n != 1 for n in runs.values()):
-                raise ValueError(f"grow_(init='gradmax'): {sorted(inputs_of)} must each run once in loss_fn "
+                raise InvalidRequestError(f"grow_(init='gradmax'): {sorted(inputs_of)} must each run once in loss_fn "
                                  f"(runs: {runs})")
             (g,) = torch.autograd.grad(loss, [outputs[0]])
     finally:
@@ -432,10 +436,12 @@ def gradmax_matrix(model: nn.Module, plan: GroupPlan, loss_fn, batch) -> torch.T
     consumer = _layer(model, c_name, c_axis, 1, plan)
     layouts = {m.layout for m in plan.group.members if (m.tensor, m.axis) in {(w_name, w_axis), (c_name, c_axis)}}
     if plan.group.unit != 1 or layouts - {""}:
-        raise ValueError(f"grow_(init='gradmax'): '{plan.key}' grows in blocks of units (a GroupNorm's groups, "
+        raise InvalidRequestError(f"grow_(init='gradmax'): '{plan.key}' grows in blocks of units (a GroupNorm's "
+                                  "groups, "
                          f"heads or a flattened map); use init='random', 'zeros' or 'net2net' for this dimension")
     if isinstance(consumer.padding, str) if isinstance(consumer, nn.modules.conv._ConvNd) else False:
-        raise ValueError(f"grow_(init='gradmax'): '{c_name}' has padding='{consumer.padding}'; use integer padding")
+        raise InvalidRequestError(f"grow_(init='gradmax'): '{c_name}' has padding='{consumer.padding}'; use integer "
+                                  "padding")
     pooled = isinstance(consumer, nn.Linear) and not isinstance(writer, nn.Linear)
     # a depthwise conv in between is a Dirac identity unit, but only a 1x1 map reaches a pooled Linear unchanged
     allowed = _ELEMENTWISE | (_POOL if pooled else {"conv1d", "conv2d"})
@@ -443,7 +449,7 @@ def gradmax_matrix(model: nn.Module, plan: GroupPlan, loss_fn, batch) -> torch.T
     if pooled and not {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "mean"} & set(plan.path_ops):
         odd = odd or ["flatten (no global average pooling)"]
     if odd:
-        raise ValueError(f"grow_(init='gradmax'): between '{w_name}' and '{c_name}' the units pass through "
+        raise InvalidRequestError(f"grow_(init='gradmax'): between '{w_name}' and '{c_name}' the units pass through "
                          f"'{odd[0]}'; supported: activations, norms, dropout, depthwise convs between convs, and a "
                          f"global average pool before a Linear. Use init='random', 'zeros' or 'net2net' here")
     (h, x), g = _inputs_and_grad(model, loss_fn, batch, {w_name: writer, c_name: consumer}, consumer)
@@ -451,19 +457,23 @@ def gradmax_matrix(model: nn.Module, plan: GroupPlan, loss_fn, batch) -> torch.T
     # gradient for fan-out v (with f'(0) = 1)
     if isinstance(writer, nn.Linear):
         if not isinstance(consumer, nn.Linear) or h.shape[:-1] != x.shape[:-1]:
-            raise ValueError(f"grow_(init='gradmax'): '{w_name}' (Linear) must feed '{c_name}' (Linear) directly")
+            raise InvalidRequestError(f"grow_(init='gradmax'): '{w_name}' (Linear) must feed '{c_name}' (Linear) "
+                                      "directly")
         return g.reshape(-1, g.shape[-1]).T @ h.reshape(-1, h.shape[-1])
     patches = _unfold(h, writer)  # (B, D_in, P)
     if pooled:  # global average pooling in between (checked on the path above)
         if x.dim() != 2:
-            raise ValueError(f"grow_(init='gradmax'): '{c_name}' reads the conv map flattened; only global pooling "
+            raise InvalidRequestError(f"grow_(init='gradmax'): '{c_name}' reads the conv map flattened; only global "
+                                      "pooling "
                              f"before a Linear is supported")
         return g.T @ patches.mean(2)
     if type(consumer) is not type(writer):
-        raise ValueError(f"grow_(init='gradmax'): '{w_name}' and '{c_name}' must be convolutions of the same rank")
+        raise InvalidRequestError(f"grow_(init='gradmax'): '{w_name}' and '{c_name}' must be convolutions of the "
+                                  "same rank")
     spatial = x.shape[2:]
     if math.prod(spatial) != patches.shape[2]:
-        raise ValueError(f"grow_(init='gradmax'): '{c_name}' does not read '{w_name}''s map at its own resolution "
+        raise InvalidRequestError(f"grow_(init='gradmax'): '{c_name}' does not read '{w_name}''s map at its own "
+                                  "resolution "
                          f"(a pooling or strided op in between)")
     adj = _adjoint_patches(g, consumer, tuple(spatial))  # (B, D_out, P)
     return torch.einsum("bop,bip->oi", adj, patches)
@@ -484,7 +494,8 @@ def gated_directions(model: nn.Module, plan: GroupPlan, loss_fn, batch, random_r
     gating = plan.gating
     if gating is None or len(gating.random) != 1 or len(gating.zero) != 1 or not gating.random_plain:
         where = gating.products[0] if gating else ""
-        raise ValueError(f"grow_(init='gradmax'): '{plan.key}' is a gated product ({where}) that gradmax supports only "
+        raise InvalidRequestError(f"grow_(init='gradmax'): '{plan.key}' is a gated product ({where}) that gradmax "
+                                  "supports only "
                          f"as act(zero_writer(x)) * other_writer(x) -> next layer, all Linear, the other writer behind "
                          f"no activation; use init='random' (a random fan-in for one factor, exact and alive) or "
                          f"'net2net'")
@@ -493,19 +504,23 @@ def gated_directions(model: nn.Module, plan: GroupPlan, loss_fn, batch, random_r
     zero_w, rand_w = _layer(model, z_name, z_axis, 0, plan), _layer(model, r_name, r_axis, 0, plan)
     consumer = _layer(model, c_name, c_axis, 1, plan)
     if not all(isinstance(m, nn.Linear) for m in (zero_w, rand_w, consumer)):
-        raise ValueError(f"grow_(init='gradmax'): the gated product of '{plan.key}' is supported between Linear "
+        raise InvalidRequestError(f"grow_(init='gradmax'): the gated product of '{plan.key}' is supported between "
+                                  "Linear "
                          f"layers only; use init='random' or 'net2net' for this dimension")
     if plan.group.unit != 1 or any(m.layout for m in plan.group.members):
-        raise ValueError(f"grow_(init='gradmax'): '{plan.key}' grows in blocks of units; use init='random', 'zeros' "
+        raise InvalidRequestError(f"grow_(init='gradmax'): '{plan.key}' grows in blocks of units; use init='random', "
+                                  "'zeros' "
                          f"or 'net2net' for this dimension")
     odd = [n for n in plan.path_ops if n not in _ELEMENTWISE | _SHAPE_OPS | {"mul"}]
     if odd:
-        raise ValueError(f"grow_(init='gradmax'): between the gated product's writers and '{c_name}' the units pass "
+        raise InvalidRequestError(f"grow_(init='gradmax'): between the gated product's writers and '{c_name}' the "
+                                  "units pass "
                          f"through '{odd[0]}'; use init='random' or 'net2net' for this dimension")
     (x, xr), g = _inputs_and_grad(model, loss_fn, batch, {z_name: zero_w, r_name: rand_w}, consumer)
     x, xr, g = (t.reshape(-1, t.shape[-1]).double() for t in (x, xr, g))
     if not x.shape[0] == xr.shape[0] == g.shape[0]:
-        raise ValueError(f"grow_(init='gradmax'): '{z_name}', '{r_name}' and '{c_name}' see different numbers of "
+        raise InvalidRequestError(f"grow_(init='gradmax'): '{z_name}', '{r_name}' and '{c_name}' see different "
+                                  "numbers of "
                          f"positions; use init='random' or 'net2net' for this dimension")
     u = xr @ random_rows.double().T  # (positions, k): each new unit's random factor
     k, d_out = u.shape[1], g.shape[1]

@@ -26,7 +26,7 @@ from ...core.graph import COPY, FANIN
 from ...core.guards import check_model
 from ...core.plan import LeafMap, SpaceMaps, changes_of, plan_widths
 from ...core.space import total_size
-from ...errors import NotPreservedError
+from ...errors import InvalidRequestError, NotPreservedError
 from .init import (
     GroupPlan,
     check_alive,
@@ -67,7 +67,8 @@ def _inputs_of(batch: Any) -> tuple:
         return (batch,)
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
         return (batch[0],)
-    raise ValueError("grow_ needs example_inputs (the model's inputs) when batch is not a tensor or (inputs, ...)")
+    raise InvalidRequestError("grow_ needs example_inputs (the model's inputs) when batch is not a tensor or "
+                              "(inputs, ...)")
 
 
 def _positions(origin: SpaceMaps, space, device, new: bool) -> torch.Tensor | None:  # noqa: ANN001
@@ -277,13 +278,14 @@ def grow_(
     """
     check_model(model, "grow_")
     if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        raise InvalidRequestError(f"init must be one of {INITS}, got {init!r}")
     if init == "gradmax" and (loss_fn is None or batch is None):
-        raise ValueError("grow_(init='gradmax') needs loss_fn(model, batch) -> scalar and a batch to measure M on")
+        raise InvalidRequestError("grow_(init='gradmax') needs loss_fn(model, batch) -> scalar and a batch to "
+                                  "measure M on")
     if not (isinstance(scale, numbers.Real) and math.isfinite(scale) and scale >= 0):
-        raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
+        raise InvalidRequestError(f"scale must be a finite number >= 0, got {scale!r}")
     if noise and init != "net2net":
-        raise ValueError("noise applies to init='net2net' only (zero fan-in inits are exact without it)")
+        raise InvalidRequestError("noise applies to init='net2net' only (zero fan-in inits are exact without it)")
     example_inputs = _inputs_of(batch) if example_inputs is None else example_inputs
     check_optimizer(optimizer, model)
 
@@ -302,7 +304,8 @@ def grow_(
     else:
         for plan in plans:
             if plan.group.uniform:
-                raise ValueError(f"grow_(init='{init}'): '{plan.key}' feeds {plan.group.uniform[0]}; new zero units "
+                raise InvalidRequestError(f"grow_(init='{init}'): '{plan.key}' feeds {plan.group.uniform[0]}; new "
+                                          "zero units "
                                  f"would change its statistics. Use init='net2net' (uniform duplication) there")
             check_alive(plan, init)
         builder = _ZeroFanIn(model, coupling, maps, origin, plans, init, float(scale), generator, bn_weight)

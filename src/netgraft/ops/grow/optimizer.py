@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ...errors import InvalidRequestError
+
 KNOWN_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
                     torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adadelta)
 # state key -> power of the gradient it accumulates (None: a scalar or counter, copied as is)
@@ -24,14 +26,14 @@ def check_optimizer(optimizer: torch.optim.Optimizer | None, model: torch.nn.Mod
     if optimizer is None:
         return
     if not isinstance(optimizer, KNOWN_OPTIMIZERS):
-        raise TypeError(
+        raise InvalidRequestError(
             f"grow_: optimizer {type(optimizer).__name__} is not one whose state netgraft knows how to transport "
             f"({', '.join(c.__name__ for c in KNOWN_OPTIMIZERS)}). Pass optimizer=None and build a new optimizer "
             f"after growing (its state would otherwise be lost silently)")
     params = {id(p) for p in model.parameters()}
     held = [p for group in optimizer.param_groups for p in group["params"]]
     if held and not any(id(p) in params for p in held):
-        raise ValueError(
+        raise InvalidRequestError(
             f"grow_: the optimizer ({type(optimizer).__name__}, {len(held)} parameter(s)) holds none of the model's "
             f"parameters: it was built for another model (or a copy). Pass the optimizer that trains this model, or "
             f"optimizer=None and build one after growing")
@@ -40,5 +42,6 @@ def check_optimizer(optimizer: torch.optim.Optimizer | None, model: torch.nn.Mod
             for key, value in optimizer.state.get(p, {}).items():
                 tensor_like = isinstance(value, torch.Tensor) and value.dim() > 0
                 if tensor_like and key not in STATE_POWER and id(p) in params:
-                    raise TypeError(f"grow_: unknown state '{key}' of {type(optimizer).__name__}; netgraft cannot "
+                    raise InvalidRequestError(f"grow_: unknown state '{key}' of {type(optimizer).__name__}; netgraft "
+                                              "cannot "
                                     f"transport it")

@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from ...core.coupling import groups
+from ...errors import InvalidRequestError
 from .operator import GrowReport, _inputs_of, grow_
 
 
@@ -59,20 +60,22 @@ class GrowthSchedule:
         **grow_kwargs: Any,
     ) -> None:
         if not targets or not isinstance(targets, dict):
-            raise ValueError("targets must be a non-empty dict {module path: final size}")
+            raise InvalidRequestError("targets must be a non-empty dict {module path: final size}")
         if at is not None:
             if every is not None or times is not None:
-                raise ValueError("give either `at` or `every`/`times`, not both")
+                raise InvalidRequestError("give either `at` or `every`/`times`, not both")
             steps = [int(s) for s in at]
             if not steps or steps != sorted(set(steps)) or steps[0] < 0:
-                raise ValueError(f"`at` must be distinct, increasing steps >= 0, got {list(at)}")
+                raise InvalidRequestError(f"`at` must be distinct, increasing steps >= 0, got {list(at)}")
         else:
             if not (isinstance(every, int) and every > 0 and isinstance(times, int) and times > 0):
-                raise ValueError(f"every and times must be positive ints (or give `at`), got {every!r}, {times!r}")
+                raise InvalidRequestError(f"every and times must be positive ints (or give `at`), got {every!r}, "
+                                          f"{times!r}")
             first = every if start is None else int(start)
             steps = [first + i * every for i in range(times)]
         if one_at_a_time and len(steps) < len(targets):
-            raise ValueError(f"{len(steps)} growth event(s) for {len(targets)} dimensions one at a time: some would "
+            raise InvalidRequestError(f"{len(steps)} growth event(s) for {len(targets)} dimensions one at a time: "
+                                      "some would "
                              f"never grow")
         self.model, self.targets, self.steps = model, dict(targets), steps
         self.one_at_a_time = one_at_a_time
@@ -87,12 +90,13 @@ class GrowthSchedule:
         keys = list(self.targets)
         for k in keys:
             if self.targets[k] < start_sizes[k]:
-                raise ValueError(f"target size {self.targets[k]} of '{k}' is below its current size {start_sizes[k]}")
+                raise InvalidRequestError(f"target size {self.targets[k]} of '{k}' is below its current size "
+                                          f"{start_sizes[k]}")
         events: list[dict[str, int]] = [{} for _ in self.steps]
         for ki, key in enumerate(keys):
             mine = [i for i in range(len(self.steps)) if not self.one_at_a_time or i % len(keys) == ki]
             if not mine:
-                raise ValueError(f"'{key}' gets no growth event: {len(self.steps)} event(s) for {len(keys)} "
+                raise InvalidRequestError(f"'{key}' gets no growth event: {len(self.steps)} event(s) for {len(keys)} "
                                  f"dimensions one at a time")
             a, b = start_sizes[key], self.targets[key]
             previous = a

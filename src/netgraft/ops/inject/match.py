@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ...core.state import call_model, run_mode
+from ...core.state import call_model, module_paths, run_mode
 
 MAX_RUN = 6  # longest run of target items one source item may seed
 SKIP_COST = 1e-3  # breaks ties towards using every source layer
@@ -277,7 +277,7 @@ class Aligner:
 
 def execution_order(model: nn.Module, example_inputs) -> dict[str, int]:  # noqa: ANN001
     """Module path -> index of its first call (a forward pass under hooks, in eval mode, no gradients)."""
-    names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+    names = module_paths(model)
     order: dict[str, int] = {}
 
     def hook(module: nn.Module, args: tuple) -> None:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ...core.guards import check_model
+from ...errors import InvalidRequestError
 from .match import Aligner, Block, Leaf, _conv1d_hf, build_tree, execution_order, leaves, width_ratio
 from .tensor import split_transplant, transplant
 
@@ -78,11 +79,13 @@ def _float_places(model: nn.Module) -> set[tuple[torch.dtype, torch.device]]:
 def _check_places(source: nn.Module, target: nn.Module) -> None:
     src, tgt = _float_places(source), _float_places(target)
     if len(tgt) > 1:
-        raise ValueError(f"inject: the target's tensors are spread over several dtypes/devices {sorted(map(str, tgt))};"
+        raise InvalidRequestError(f"inject: the target's tensors are spread over several dtypes/devices "
+                                  f"{sorted(map(str, tgt))};"
                          " move it with target.to(...) first")
     if src and tgt and src != tgt:
         (sd, sv), (td, tv) = next(iter(src)), next(iter(tgt))
-        raise ValueError(f"inject: source tensors are {sd} on {sv} but the target's are {td} on {tv}; convert one "
+        raise InvalidRequestError(f"inject: source tensors are {sd} on {sv} but the target's are {td} on {tv}; "
+                                  "convert one "
                          f"with .to(dtype=..., device=...) first (netgraft never casts silently)")
 
 
@@ -231,11 +234,12 @@ def inject(
     _check_places(source, target)
     src_tree, tgt_tree, sim, pairs = _align(source, target, example_inputs)
     if _modality(src_tree) != _modality(tgt_tree):
-        raise ValueError(f"inject: mismatched modalities: the source's first layer takes {_modality(src_tree)}, the "
+        raise InvalidRequestError(f"inject: mismatched modalities: the source's first layer takes "
+                                  f"{_modality(src_tree)}, the "
                          f"target's takes {_modality(tgt_tree)}")
     if not pairs:
         if strict:
-            raise ValueError("inject: no compatible layers between source and target (no Linear, Conv, norm, "
+            raise InvalidRequestError("inject: no compatible layers between source and target (no Linear, Conv, norm, "
                              "Embedding or attention layer of the same kind and rank on both sides)")
         return InjectionReport(sim, left_at_init=[f"{lf.path}.{n}" for lf in leaves(tgt_tree) for n in lf.tensors])
     aligner = Aligner()

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from ...errors import InvalidRequestError
+
 LAMBDA = 0.75  # weight of crop/placement against resize (TLI)
 
 
@@ -63,7 +65,8 @@ def transplant(src: torch.Tensor, dst: torch.Tensor, prefix_dims: tuple[int, ...
     `prefix_dims` are aligned at the start instead of the centre; `fixed_dims` are cropped/placed but never resized.
     """
     if src.dim() != dst.dim():
-        raise ValueError(f"cannot inject a tensor of shape {tuple(src.shape)} into one of shape {tuple(dst.shape)}")
+        raise InvalidRequestError(f"cannot inject a tensor of shape {tuple(src.shape)} into one of shape "
+                                  f"{tuple(dst.shape)}")
     if src.shape == dst.shape:
         return src.detach().to(dst.dtype).clone(), "copied"
     changed = [d for d, (s, t) in enumerate(zip(src.shape, dst.shape, strict=True)) if s != t]
