@@ -133,8 +133,8 @@ def test_a_result_that_writes_another_layers_cache_slot_fails_the_certificate() 
     ids = torch.randint(0, 64, (2, 8))
     with torch.no_grad():  # one forward without a cache: exact
         assert _close(m(input_ids=ids, use_cache=False).logits, bad(input_ids=ids, use_cache=False).logits) <= 1.0
-    from netgraft.core.probes import make_probes
     from netgraft.core.certify import Reference, certify
+    from netgraft.core.probes import make_probes
 
     cert = certify(Reference(m, make_probes({"input_ids": ids})), bad)
     assert not cert.passed
