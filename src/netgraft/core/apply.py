@@ -5,6 +5,7 @@ created directly (no extra copy of the old ones)."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from .clone import clone_module
 from .coupling import Coupling
 from .graph import COPY, FANIN
 from .memory import empty_for_write
-from .plan import SpaceMaps
+from .plan import IndexMap, SpaceMaps
 
 # ops whose output scales with their per-unit parameters (norm gain and bias, weight rows and bias, a gain)
 _SCALABLE_FEEDERS = {"layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "linear", "conv1d",
@@ -159,34 +160,89 @@ def noise_generator(seed: int | None) -> torch.Generator:
     return gen
 
 
+@dataclass
+class AxisGrowth:
+    """How one axis of one tensor grows: the axis's `IndexMap`, and how the tensor uses the axis.
+
+    - `summed`: the tensor sums over this axis (a weight's input columns): copies carry their share of the fan-in
+      (`map.frac`), split element-wise by the noise when asked, and fresh units get random columns (they read
+      zeros at growth, so the function is kept, and learn from the first step);
+    - otherwise the axis holds one entry per unit (weight rows, biases, norm gains): copies are plain copies, scaled
+      by `scale` where the plan says so (a tied output's split absorbed by the norm before it, a norm gain folding
+      a padded stream's statistics), and fresh units are filled by `fill`: "zero" or "mean" (the mean of the old
+      units, so a writer puts each token's mean into a padded LayerNorm stream).
+    """
+
+    map: IndexMap
+    summed: bool
+    fill: str = "zero"
+    scale: np.ndarray | None = None  # per new unit, multiplied in on a per-unit axis
+
+
+def grow_tensor(t: torch.Tensor, axes: dict[int, AxisGrowth], *, noise: float = 0.0,
+                gen: torch.Generator | None = None, name: str = "") -> torch.Tensor:
+    """The apply kernel shared by every front end: `t` grown along `axes` in one new allocation."""
+    srcs, fracs = {}, {}
+    for a, g in axes.items():
+        src, frac = g.map.torch(t.device)
+        srcs[a] = src
+        if g.summed:
+            fracs[a] = frac
+        if g.scale is not None:
+            scale = torch.from_numpy(np.asarray(g.scale, dtype=np.float64))
+            fracs[a] = fracs[a] * scale if a in fracs else scale
+    with torch.no_grad():
+        out = _expand(t.detach(), srcs, fracs)
+        for a, g in axes.items():
+            if noise and g.summed and g.scale is None:
+                split_noise_(out, a, srcs[a], fracs[a], noise, gen or noise_generator(None), name)
+        for a, g in axes.items():
+            if g.map.fresh is not None:
+                _fill_fresh_(out, t, a, g, gen)
+    return out
+
+
+def _fill_fresh_(out: torch.Tensor, old: torch.Tensor, axis: int, g: AxisGrowth, gen: torch.Generator | None) -> None:
+    """Write the fresh units of `axis` (see `AxisGrowth`)."""
+    idx = torch.from_numpy(np.nonzero(g.map.fresh)[0]).to(out.device)
+    shape = list(out.shape)
+    shape[axis] = len(idx)
+    if g.summed:  # random columns with the spread of the existing weights
+        std = float(old.detach().double().std()) if old.numel() > 1 else 0.02
+        gen = gen if gen is not None else torch.Generator().manual_seed(0)
+        value = torch.randn(shape, generator=gen, dtype=torch.float64) * (std if std > 0 else 0.02)
+    elif g.fill == "mean":
+        kept = out.index_select(axis, torch.from_numpy(np.nonzero(~g.map.fresh)[0]).to(out.device))
+        value = kept.double().mean(axis, keepdim=True).expand(shape)
+    else:
+        value = torch.zeros(shape, dtype=torch.float64)
+    out.index_copy_(axis, idx, value.to(device=out.device, dtype=out.dtype).contiguous())
+
+
 def grow_tensors(coupling: Coupling, maps: SpaceMaps) -> dict[str, torch.Tensor]:
+    """The traced front end's tensors: every parameter and buffer along a growing group, through `grow_tensor`."""
     tr = coupling.trace
     extra = _tied_compensation(coupling, maps)
     gen = noise_generator(maps.seed)
     new: dict[str, torch.Tensor] = {}
     for name, dims in tr.param_dims.items():
         t = tr.tensors_by_name[name]
-        axis_maps = {a: m for a, s in enumerate(dims) if (m := maps.torch_map(s, t.device)) is not None}
-        if not axis_maps:
-            continue
-        for axis in axis_maps:
-            if not tr.roles.get((name, axis)):
+        axes: dict[int, AxisGrowth] = {}
+        for axis, space in enumerate(dims):
+            m = maps.get(space)
+            if m is None:
+                continue
+            roles = tr.roles.get((name, axis))
+            if not roles:
                 raise UnsupportedModelError(
                     f"'{name}' axis {axis} lies along a dimension that grows, but no traced op says how it is used "
                     f"(per unit, or summed over). {EXTENSION_HINT}"
                 )
-        fracs = {}
-        for axis, (_, frac) in axis_maps.items():
-            if tr.roles[(name, axis)] == {FANIN}:
-                fracs[axis] = frac
-            if (name, axis) in extra:  # tied compensation (fractions of the tied axis' map)
-                comp = maps.torch_map(extra[(name, axis)], t.device)[1]
-                fracs[axis] = fracs[axis] * comp if axis in fracs else comp
-        summed = [a for a in fracs if tr.roles[(name, a)] == {FANIN} and (name, a) not in extra]
-        with torch.no_grad():
-            new[name] = _expand(t.detach(), {a: src for a, (src, _) in axis_maps.items()}, fracs)
-            for axis in summed if maps.noise else ():
-                split_noise_(new[name], axis, axis_maps[axis][0], fracs[axis], maps.noise, gen, name)
+            tied = (name, axis) in extra  # a per-unit axis that a tied use also sums over: scaled, never noised
+            scale = maps.get(extra[(name, axis)]).frac if tied else None
+            axes[axis] = AxisGrowth(m, summed=roles == {FANIN} and not tied, scale=scale)
+        if axes:
+            new[name] = grow_tensor(t, axes, noise=maps.noise, gen=gen, name=name)
     return new
 
 

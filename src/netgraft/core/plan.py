@@ -17,11 +17,53 @@ from .space import Space, solve_leaf, total_size
 
 
 @dataclass
-class LeafMap:
-    """Unit j of the grown group copies old unit `src[j]`; a summing consumer scales it by `frac[j]`."""
+class IndexMap:
+    """How one axis grows, for every front end: unit j of the grown axis copies old unit `src[j]`, and a consumer
+    that sums over the axis scales it by `frac[j]`; the fractions of each old unit's copies sum to exactly 1.
+    `fresh[j]` marks a unit with no source (zero padding): its `src` entry is a placeholder and the apply kernel
+    writes it from the axis's fill policy instead."""
 
-    src: np.ndarray  # int64, length new size
-    frac: np.ndarray  # float64; for each old unit its copies' fractions sum to 1
+    src: np.ndarray  # int64 (new size,)
+    frac: np.ndarray  # float64 (new size,): powers of two (see `power_of_two_shares`)
+    fresh: np.ndarray | None = None  # bool (new size,), or None when every unit is a copy
+
+    @classmethod
+    def identity(cls, n: int) -> IndexMap:
+        return cls(np.arange(n, dtype=np.int64), np.ones(n))
+
+    @classmethod
+    def copies(cls, src: np.ndarray, n: int) -> IndexMap:
+        """Units copied from `src` (old units first), with power-of-two shares."""
+        src = np.asarray(src, dtype=np.int64)
+        return cls(src, power_of_two_shares(src, n))
+
+    @classmethod
+    def padded(cls, n: int, new: int) -> IndexMap:
+        """The n old units, then new - n fresh ones (zero padding)."""
+        fresh = np.arange(new) >= n
+        return cls(np.where(fresh, 0, np.arange(new)).astype(np.int64), np.ones(new), fresh)
+
+    def torch(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.src).to(device), torch.from_numpy(self.frac)
+
+
+def power_of_two_shares(src: np.ndarray, n: int) -> np.ndarray:
+    """Each copy's share of its unit's fan-out: the r-th copy (in index order) of a unit with c copies, where
+    2**k <= c < 2**(k+1), gets 2**-k if r < 2**(k+1) - c, else 2**-(k+1) (3 copies: 1/2, 1/4, 1/4).
+
+    Why powers of two and not 1/c: multiplying by a power of two is exact in every binary float format, bfloat16
+    included, so the copies of a column add up to the original bit for bit and a half-precision model grows as
+    exactly as a float64 one; any shares summing to one keep the function. Vectorised: one stable sort."""
+    flat = np.asarray(src, dtype=np.int64).reshape(-1)
+    counts = np.bincount(flat, minlength=n)
+    order = np.argsort(flat, kind="stable")  # the copies of each unit together, in index order
+    first = np.cumsum(counts) - counts  # where each unit's copies start in that order
+    rank = np.empty_like(flat)
+    rank[order] = np.arange(flat.size) - first[flat[order]]  # which copy of its unit each index is
+    c = counts[flat]
+    k = np.frexp(c.astype(np.float64))[1].astype(np.int64) - 1  # 2**k <= c < 2**(k+1), exact for c < 2**53
+    big = rank < (np.left_shift(1, k + 1) - c)
+    return np.ldexp(1.0, np.where(big, -k, -k - 1)).reshape(np.shape(src))
 
 
 def _describe(g: Group) -> str:
@@ -171,10 +213,10 @@ class Planner:
         return sizes
 
     # -- maps ---------------------------------------------------------------------------------------------------
-    def build_maps(self, seed: int | None) -> dict[int, LeafMap]:
+    def build_maps(self, seed: int | None) -> dict[int, IndexMap]:
         self.propagate(self.sizes)
         rng = np.random.default_rng(seed)
-        maps: dict[int, LeafMap] = {}
+        maps: dict[int, IndexMap] = {}
         for g in self.c.groups:  # group order is trace order: deterministic for a given seed
             q = self.sizes.get(g.leaf.id, g.size)
             if q == g.size:
@@ -184,53 +226,51 @@ class Planner:
                 src = np.arange(q) % n
             else:
                 src = np.concatenate([np.arange(n), rng.integers(0, n, q - n)])
-            counts = np.bincount(src, minlength=n)
-            frac = 1.0 / counts[src]
-            maps[g.leaf.id] = LeafMap(src.astype(np.int64), frac)
+            maps[g.leaf.id] = IndexMap.copies(src, n)
         return maps
 
 
 class SpaceMaps:
     """Index maps of whole axes (products and concatenations of groups), memoised per space; `noise` and `seed` are
-    the split noise the summed-over axes get (see `_apply.split_noise_`)."""
+    the split noise the summed-over axes get (see `netgraft.core.apply.split_noise_`)."""
 
-    def __init__(self, maps: dict[int, LeafMap], noise: float = 0.0, seed: int | None = None):
+    def __init__(self, maps: dict[int, IndexMap], noise: float = 0.0, seed: int | None = None):
         self.maps = maps
         self.noise, self.seed = noise, seed
-        self._memo: dict[int, LeafMap | None] = {}
+        self._memo: dict[int, IndexMap | None] = {}
 
     def changes(self, space: Space) -> bool:
         return self.get(space) is not None
 
-    def get(self, space: Space) -> LeafMap | None:
+    def get(self, space: Space) -> IndexMap | None:
         r = sp.find(space)
         if r.id in self._memo:
             return self._memo[r.id]
         if r.kind == "leaf":
             out = self.maps.get(r.id)
+        elif all(self.get(p) is None for p in r.parts):
+            out = None
         else:
-            parts = [self.get(p) or LeafMap(np.arange(sp.find(p).size), np.ones(sp.find(p).size)) for p in r.parts]
-            if all(self.get(p) is None for p in r.parts):
-                out = None
-            elif r.kind == "prod":
-                src, frac = np.zeros(1, np.int64), np.ones(1)
-                for p, m in zip(r.parts, parts, strict=True):
+            parts = [self.get(p) or IndexMap.identity(sp.find(p).size) for p in r.parts]
+            fresh = [m.fresh if m.fresh is not None else np.zeros(len(m.src), bool) for m in parts]
+            if r.kind == "prod":  # row-major: the last part varies fastest
+                src, frac, new = np.zeros(1, np.int64), np.ones(1), np.zeros(1, bool)
+                for p, m, f in zip(r.parts, parts, fresh, strict=True):
                     n_old = sp.find(p).size
                     src = (src[:, None] * n_old + m.src[None, :]).reshape(-1)
                     frac = (frac[:, None] * m.frac[None, :]).reshape(-1)
-                out = LeafMap(src, frac)
+                    new = (new[:, None] | f[None, :]).reshape(-1)
             else:
                 offs = np.cumsum([0] + [sp.find(p).size for p in r.parts])
-                out = LeafMap(np.concatenate([m.src + o for m, o in zip(parts, offs, strict=False)]),
-                              np.concatenate([m.frac for m in parts]))
+                src = np.concatenate([m.src + o for m, o in zip(parts, offs, strict=False)])
+                frac, new = np.concatenate([m.frac for m in parts]), np.concatenate(fresh)
+            out = IndexMap(src, frac, new if new.any() else None)
         self._memo[r.id] = out
         return out
 
     def torch_map(self, space: Space, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
         m = self.get(space)
-        if m is None:
-            return None
-        return torch.from_numpy(m.src).to(device), torch.from_numpy(m.frac)
+        return None if m is None else m.torch(device)
 
 
 def changes_of(coupling: Coupling, planner: Planner) -> list[tuple[str, int, int]]:
@@ -252,3 +292,4 @@ def plan_widths(coupling: Coupling, widths: dict[str, int] | float) -> Planner:
         raise InvalidRequestError(f"widths must be a dict {{module path: size}} or a float factor, got "
                                   f"{type(widths).__name__}")
     return planner
+

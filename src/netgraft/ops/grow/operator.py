@@ -24,7 +24,7 @@ from ...core.certify import MODES, Certificate, Reference, certify
 from ...core.coupling import couple
 from ...core.graph import COPY, FANIN
 from ...core.guards import check_model
-from ...core.plan import LeafMap, SpaceMaps, changes_of, plan_widths
+from ...core.plan import IndexMap, SpaceMaps, changes_of, plan_widths
 from ...core.space import total_size
 from ...errors import InvalidRequestError, NotPreservedError
 from .init import (
@@ -293,7 +293,7 @@ def grow_(
     planner = plan_widths(coupling, widths)
     raw = planner.build_maps(seed)
     maps = SpaceMaps(raw, noise, seed)
-    origin = SpaceMaps({lid: LeafMap(m.src, (np.arange(len(m.src)) < coupling.by_leaf[lid].size).astype(float))
+    origin = SpaceMaps({lid: IndexMap(m.src, (np.arange(len(m.src)) < coupling.by_leaf[lid].size).astype(float))
                         for lid, m in raw.items()})
     plans = [plan_group(coupling, g) for g in coupling.groups if g.leaf.id in raw]
     generator = torch.Generator().manual_seed(0 if seed is None else seed)
