@@ -22,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,7 +30,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from netgraft import cli  # noqa: E402
-from netgraft.hf import _power_of_two_shares, _with_shares  # noqa: E402
+from netgraft.core.plan import power_of_two_shares  # noqa: E402
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NETGRAFT_PROGRESS": "0"}
 TIMEOUT = 240
@@ -552,6 +553,11 @@ def oracle_shares(count: int) -> list[float]:
     return sorted(shares, reverse=True)
 
 
+def _power_of_two_shares(count: int) -> list[float]:
+    """The shares of a unit with `count` copies (one share for 0 or 1 copies)."""
+    return [float(x) for x in power_of_two_shares(np.zeros(max(count, 1), dtype=np.int64), 1)]
+
+
 def test_power_of_two_shares_closed_form() -> None:
     for count in range(0, 300):
         assert _power_of_two_shares(count) == oracle_shares(count)
@@ -574,7 +580,7 @@ def test_share_maps_match_the_definition_and_are_fast() -> None:
     for n, new in [(1, 1), (1, 7), (3, 3), (5, 17), (48, 150), (7, 1000)]:
         src = torch.cat([torch.arange(n), torch.randint(0, n, (new - n,), generator=gen)])
         src = src[torch.randperm(new, generator=gen)]
-        frac = _with_shares(src, n).frac
+        frac = torch.from_numpy(power_of_two_shares(src.numpy(), n))
         counts = torch.bincount(src, minlength=n).tolist()
         shares = {c: oracle_shares(c) for c in set(counts)}
         seen = [0] * n
@@ -583,9 +589,9 @@ def test_share_maps_match_the_definition_and_are_fast() -> None:
             seen[s] += 1
     src = torch.cat([torch.arange(48), torch.randint(0, 48, (10_000_000 - 48,), generator=gen)])
     start = time.perf_counter()
-    m = _with_shares(src, 48)  # quadratic before: about half an hour
+    frac = torch.from_numpy(power_of_two_shares(src.numpy(), 48))  # quadratic before: about half an hour
     elapsed = time.perf_counter() - start
-    total = torch.zeros(48, dtype=torch.float64).index_add_(0, m.src, m.frac)
+    total = torch.zeros(48, dtype=torch.float64).index_add_(0, src, frac)
     assert torch.equal(total, torch.ones(48, dtype=torch.float64))
     assert elapsed < 30, elapsed
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,7 +124,7 @@ def test_llama_heads_at_fixed_hidden_and_gqa_rules() -> None:
 def test_unknown_family_is_refused() -> None:
     t5 = transformers.T5Model(transformers.T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8,
                                                     vocab_size=32))
-    with pytest.raises(ValueError, match="unknown model family 't5'"):
+    with pytest.raises(netgraft.UnsupportedModelError, match="unknown Hugging Face model family 't5'"):
         netgraft.widen(t5, hidden_size=32)
 
 
@@ -228,7 +229,7 @@ def test_cli_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, mon
     out = tmp_path / "out"
     cases = [
         (["widen", str(tmp_path / "missing"), "-o", str(out), "--hidden-size", "64"], "no such directory"),
-        (["widen", str(src), "-o", str(out), "--hidden-size", "40"], "integer replication"),
+        (["widen", str(src), "-o", str(out), "--hidden-size", "36"], "not a multiple of head_dim"),
         (["deepen", str(src), "-o", str(out), "--num-layers", "1"], "must exceed"),
         (["widen", str(src), "-o", str(out)], "needs at least one"),
     ]
@@ -264,13 +265,13 @@ def test_cli_refuses_pickle_checkpoints_and_unknown_families(tmp_path, capsys) -
     t5 = tmp_path / "t5"
     transformers.T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=32).save_pretrained(t5)
     assert main(["inspect", str(t5)]) == 2
-    assert "unknown model family" in capsys.readouterr().err
+    assert "unknown Hugging Face model family 't5'" in capsys.readouterr().err
 
 
 def test_bfloat16_models_grow_exactly_and_are_certified_in_float32() -> None:
-    from netgraft.hf import _power_of_two_shares
+    from netgraft.core.plan import power_of_two_shares
 
-    assert _power_of_two_shares(3) == [0.5, 0.25, 0.25] and sum(_power_of_two_shares(7)) == 1.0
+    assert list(power_of_two_shares(np.zeros(3, dtype=np.int64), 1)) == [0.5, 0.25, 0.25]
     m = _build("llama-gqa-tied").to(torch.bfloat16)
     w = netgraft.widen(m, hidden_size=96, seed=0)  # 3 copies of each stream feature: shares 1/2, 1/4, 1/4
     assert next(w.parameters()).dtype == torch.bfloat16

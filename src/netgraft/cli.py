@@ -53,7 +53,8 @@ from typing import Any
 import torch
 
 from . import hf
-from .errors import NotPreservedError
+from .errors import NetgraftError
+from .hf.plan import plan_sizes
 from .ops.deepen import deepen
 from .ops.widen import widen
 
@@ -220,7 +221,7 @@ def load_model(src: Path) -> Any:
 
     try:
         hf.family_of(config)
-    except hf.HFError as err:
+    except NetgraftError as err:
         raise CliError(_one_line(err)) from err
     weight_files(src)
     cls = _model_class(config)
@@ -320,7 +321,7 @@ def _seed(text: str) -> int:
 
 _WIDEN_OPTIONS = (("hidden_size", "hidden", "--hidden-size"), ("intermediate_size", "ffn", "--intermediate-size"),
                   ("num_attention_heads", "heads", "--num-attention-heads"),
-                  ("num_key_value_heads", "kv_heads", "--num-key-value-heads"))
+                  ("num_key_value_heads", "kv", "--num-key-value-heads"))
 
 
 def requested_sizes(args: argparse.Namespace, op: str, config: Any) -> tuple[dict[str, int], Any]:
@@ -331,7 +332,7 @@ def requested_sizes(args: argparse.Namespace, op: str, config: Any) -> tuple[dic
     try:
         fam = hf.family_of(config)
         old = hf.Sizes.of(config, fam)
-    except (hf.HFError, TypeError, ZeroDivisionError) as err:
+    except (NetgraftError, TypeError, ZeroDivisionError) as err:
         raise CliError(_one_line(err)) from err
     new = copy.copy(old)
     if op == "deepen":
@@ -349,14 +350,10 @@ def requested_sizes(args: argparse.Namespace, op: str, config: Any) -> tuple[dic
     if all(kwargs[key] == getattr(old, attr) for key, attr, _ in _WIDEN_OPTIONS if key in kwargs):
         raise CliError("nothing to grow: " + ", ".join(f"{flag} {kwargs[key]} is the current size"
                                                        for key, _, flag in _WIDEN_OPTIONS if key in kwargs))
-    new.hidden = kwargs.get("hidden_size", old.hidden)
-    k = new.hidden // old.hidden if new.hidden % old.hidden == 0 else 1
-    new.heads = kwargs.get("num_attention_heads",
-                           old.heads * k if old.heads * old.head_dim == old.hidden else old.heads)
-    group = max(1, old.heads // max(1, old.kv_heads))
-    new.kv_heads = kwargs.get("num_key_value_heads", max(1, new.heads // group))
-    new.ffn = kwargs.get("intermediate_size", old.ffn)
-    return kwargs, new
+    try:  # the family's own plan checks the sizes (exactly the rules the growth applies) and gives the new ones
+        return kwargs, plan_sizes(config, fam, kwargs)[1]
+    except NetgraftError as err:
+        raise CliError(_one_line(err)) from err
 
 
 def _available_memory() -> int | None:
@@ -608,7 +605,7 @@ def _grow(args: argparse.Namespace, op: str) -> int:
                 grown = widen(model, seed=args.seed, **kwargs)
             else:
                 grown = deepen(model, **kwargs)
-        except (hf.HFError, NotPreservedError, ValueError) as err:
+        except (NetgraftError, ValueError) as err:
             raise CliError(_one_line(err)) from err
         bar.update()
         bar.set_postfix_str("saving")
@@ -670,7 +667,7 @@ def _inspect(args: argparse.Namespace) -> int:
     config = load_config(Path(args.dir))
     try:
         info = hf.describe(config)
-    except hf.HFError as err:
+    except NetgraftError as err:
         raise CliError(_one_line(err)) from err
     width = max(len(k) for k in info)
     for key, value in info.items():

@@ -1,0 +1,40 @@
+"""LLaMA: pre-norm RMSNorm, rotary attention with grouped-query heads, SwiGLU feed-forward."""
+
+from .schema import CAUSAL_LM_HEAD, CLASSIFICATION_HEADS, ConfigKeys, Depth, Family
+
+FAMILY = Family(
+    name="llama",
+    model_types=("llama",),
+    base=("model.", "transformer."),
+    layers="layers.{i}.",
+    weights={
+        "embed_tokens.weight": ("vocab", "stream"),
+        "layers.{i}.input_layernorm.weight": ("stream",),
+        "layers.{i}.self_attn.q_proj.weight": ("heads", "~stream"),
+        "layers.{i}.self_attn.q_proj.bias": ("heads",),
+        "layers.{i}.self_attn.k_proj.weight": ("kv", "~stream"),
+        "layers.{i}.self_attn.k_proj.bias": ("kv",),
+        "layers.{i}.self_attn.v_proj.weight": ("kv", "~stream"),
+        "layers.{i}.self_attn.v_proj.bias": ("kv",),
+        "layers.{i}.self_attn.o_proj.weight": ("stream", "~heads"),
+        "layers.{i}.self_attn.o_proj.bias": ("stream",),
+        "layers.{i}.post_attention_layernorm.weight": ("stream",),
+        "layers.{i}.mlp.gate_proj.weight": ("ffn", "~stream"),
+        "layers.{i}.mlp.gate_proj.bias": ("ffn",),
+        "layers.{i}.mlp.up_proj.weight": ("ffn", "~stream"),
+        "layers.{i}.mlp.up_proj.bias": ("ffn",),
+        "layers.{i}.mlp.down_proj.weight": ("stream", "~ffn"),
+        "layers.{i}.mlp.down_proj.bias": ("stream",),
+        "norm.weight": ("stream",),
+    },
+    heads=CAUSAL_LM_HEAD | CLASSIFICATION_HEADS,
+    config=ConfigKeys(kv=("num_key_value_heads",), head_dim=("head_dim",), eps=("rms_norm_eps",)),
+    norm="rms",
+    norms=("layers.{i}.input_layernorm", "layers.{i}.post_attention_layernorm", "norm"),
+    depth=Depth(zero=("self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.weight",
+                      "mlp.down_proj.bias")),
+    tied=("lm_head.weight", "embed_tokens.weight"),
+    final_norm="norm",
+    tiny=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              vocab_size=64, max_position_embeddings=64, pad_token_id=0),
+)
