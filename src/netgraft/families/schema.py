@@ -79,9 +79,20 @@ class Family:
     pad_stream: str = ""  # why the stream cannot be zero-padded to any size ("" = it can, when the norm allows)
     uniform_heads: str = ""  # why heads must grow by whole multiples (a norm over all heads), "" = any number
     refuse: dict[str, str] = field(default_factory=dict)  # config key -> why a truthy value is refused
+    require: dict[str, tuple[Any, str]] = field(default_factory=dict)  # config key -> (the value it needs, why)
+    depth_require: dict[str, tuple[Any, str]] = field(default_factory=dict)  # the same, for deepening only
     inputs: str = "tokens"  # "tokens" or "pixels"
     tiny: dict[str, Any] = field(default_factory=dict)  # a tiny config for the tests
-    classes: tuple[str, ...] = ()  # transformers classes the tests build (the base model is always included)
+
+    def check_config(self, config: Any, depth: bool = False) -> str:
+        """Why this config cannot grow exactly ("" when it can)."""
+        for key, why in self.refuse.items():
+            if getattr(config, key, None):
+                return f"config.{key}={getattr(config, key)!r}: {why}"
+        for key, (value, why) in (self.require | (self.depth_require if depth else {})).items():
+            if getattr(config, key, value) != value:
+                return f"config.{key}={getattr(config, key)!r} (needs {value!r}): {why}"
+        return ""
 
     def variant(self, **changes: Any) -> Family:
         """This family with some fields changed (a family that differs in a few weights or keys)."""

@@ -162,9 +162,8 @@ def deepen_hf(model: nn.Module, *, num_hidden_layers: int, probe_inputs: Any = N
     now.layers = int(num_hidden_layers)
     if now.layers <= old.layers:
         raise HFError(f"num_hidden_layers {now.layers} must exceed the current {old.layers}")
-    for key, why in family.refuse.items():
-        if getattr(model.config, key, None):
-            raise HFError(f"config.{key}={getattr(model.config, key)!r}: {why}")
+    if why := family.check_config(model.config, depth=True):
+        raise HFError(why)
     config = new_config(model.config, family, now)
     for key, value in depth_config(model.config, old.layers, now.layers).items():
         setattr(config, key, value)

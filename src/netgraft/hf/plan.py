@@ -114,9 +114,8 @@ def plan_sizes(config: Any, family: Family, request: dict[str, int]) -> tuple[Si
     """(old sizes, new sizes, whether the stream is zero-padded), the request checked against what is exact for this
     family; nothing is allocated (the CLI checks a result's size with it before loading anything)."""
     old = Sizes.of(config, family)
-    for key, why in family.refuse.items():
-        if getattr(config, key, None):
-            raise HFError(f"config.{key}={getattr(config, key)!r}: {why}")
+    if why := family.check_config(config):
+        raise HFError(why)
     unknown = [k for k in request if REQUEST_FIELDS[k] in ("expert_ffn", "shared_ffn")
                and getattr(old, REQUEST_FIELDS[k]) is None]
     if unknown:
@@ -131,6 +130,9 @@ def plan_sizes(config: Any, family: Family, request: dict[str, int]) -> tuple[Si
         why = family.pad_stream or ("" if family.norm == "rms" or family.pre_norm else
                                     "a post-norm LayerNorm stream carries LayerNorm outputs, whose per-token mean a "
                                     "new feature cannot reproduce")
+        if not why and config_value(config, family.config.eps) is None:
+            why = ("its norms' epsilon is not a config field, so it cannot be rescaled with the padded stream's "
+                   "statistics")
         if why:
             raise HFError(f"hidden_size {hidden}: the {family.name} stream grows exactly by integer replication only "
                           f"({why}); valid sizes: {[old.hidden * k for k in range(2, 5)]}")

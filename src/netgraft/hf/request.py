@@ -24,6 +24,8 @@ class ConfigSizes:
     num_attention_heads: int | None = None
     num_key_value_heads: int | None = None
     num_hidden_layers: int | None = None
+    moe_intermediate_size: int | None = None  # each routed expert's FFN (Qwen2-MoE); Mixtral's is intermediate_size
+    shared_expert_intermediate_size: int | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -42,5 +44,6 @@ class ConfigSizes:
         return f"ConfigSizes({', '.join(f'{k}={v}' for k, v in self.given().items())})"
 
 
-WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                "moe_intermediate_size", "shared_expert_intermediate_size")
 DEPTH_FIELDS = ("num_hidden_layers",)

@@ -1,0 +1,45 @@
+"""ViT: a patch-embedding convolution, a class token and learned positions, pre-norm LayerNorm encoder layers, a
+final LayerNorm, an optional pooler, an image-classification head."""
+
+from .schema import ConfigKeys, Depth, Family
+
+FAMILY = Family(
+    name="vit",
+    model_types=("vit",),
+    base=("vit.",),
+    layers="layers.{i}.",
+    weights={
+        "embeddings.cls_token": ("one", "one", "stream"),
+        "embeddings.position_embeddings": ("one", "positions", "stream"),
+        "embeddings.patch_embeddings.projection.weight": ("stream", "channels", "patch", "patch"),
+        "embeddings.patch_embeddings.projection.bias": ("stream",),
+        "layers.{i}.layernorm_before.weight": ("stream",),
+        "layers.{i}.layernorm_before.bias": ("stream",),
+        "layers.{i}.attention.q_proj.weight": ("heads", "~stream"),
+        "layers.{i}.attention.q_proj.bias": ("heads",),
+        "layers.{i}.attention.k_proj.weight": ("heads", "~stream"),
+        "layers.{i}.attention.k_proj.bias": ("heads",),
+        "layers.{i}.attention.v_proj.weight": ("heads", "~stream"),
+        "layers.{i}.attention.v_proj.bias": ("heads",),
+        "layers.{i}.attention.o_proj.weight": ("stream", "~heads"),
+        "layers.{i}.attention.o_proj.bias": ("stream",),
+        "layers.{i}.layernorm_after.weight": ("stream",),
+        "layers.{i}.layernorm_after.bias": ("stream",),
+        "layers.{i}.mlp.fc1.weight": ("ffn", "~stream"),
+        "layers.{i}.mlp.fc1.bias": ("ffn",),
+        "layers.{i}.mlp.fc2.weight": ("stream", "~ffn"),
+        "layers.{i}.mlp.fc2.bias": ("stream",),
+        "layernorm.weight": ("stream",),
+        "layernorm.bias": ("stream",),
+        "pooler.dense.weight": ("pooled", "~stream"),
+        "pooler.dense.bias": ("pooled",),
+    },
+    heads={"classifier.weight": ("labels", "~stream"), "classifier.bias": ("labels",)},
+    config=ConfigKeys(hidden=("hidden_size", "pooler_output_size"), eps=("layer_norm_eps",)),
+    norm="layer",
+    norms=("layers.{i}.layernorm_before", "layers.{i}.layernorm_after", "layernorm"),
+    depth=Depth(zero=("attention.o_proj.weight", "attention.o_proj.bias", "mlp.fc2.weight", "mlp.fc2.bias")),
+    inputs="pixels",
+    tiny=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=16,
+              patch_size=4, num_labels=3),
+)
