@@ -31,6 +31,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from netgraft import cli  # noqa: E402
 from netgraft.core.plan import power_of_two_shares  # noqa: E402
+from netgraft.errors import CheckpointError  # noqa: E402
+from netgraft.io import atomic as io_atomic  # noqa: E402
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NETGRAFT_PROGRESS": "0"}
 TIMEOUT = 240
@@ -123,6 +125,8 @@ from pathlib import Path
 import torch
 import netgraft
 import netgraft.cli as cli
+import netgraft.io.atomic
+from netgraft.errors import CheckpointError
 mode = os.environ["NETGRAFT_TEST_MODE"]
 class Report:
     changes = {"num_hidden_layers": (2, 3)}
@@ -350,7 +354,7 @@ def test_shape_mismatch_and_inconsistent_index_are_refused(ckpt, tmp_path) -> No
     tensors = load_file(src / "model.safetensors")
     tensors["transformer.h.0.attn.c_attn.bias"] = torch.zeros(5)
     save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(cli.CliError, match=r"shape mismatch transformer\.h\.0\.attn\.c_attn\.bias \(checkpoint "
+    with pytest.raises(CheckpointError, match=r"shape mismatch transformer\.h\.0\.attn\.c_attn\.bias \(checkpoint "
                                            r"\(5,\), model \(96,\)\)"):
         cli.load_model(src)
     # a sharded checkpoint whose index disagrees with its shards
@@ -363,12 +367,12 @@ def test_shape_mismatch_and_inconsistent_index_are_refused(ckpt, tmp_path) -> No
     first = sorted(weight_map)[0]
     del weight_map[first]
     (shard / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    with pytest.raises(cli.CliError, match=f"stores tensor {first} that the index does not list"):
+    with pytest.raises(CheckpointError, match=f"stores tensor {first} that the index does not list"):
         cli.weight_files(shard)
     weight_map[first] = "model-00001-of-00001.safetensors"
     weight_map["transformer.ghost.weight"] = "model-00001-of-00001.safetensors"
     (shard / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    with pytest.raises(cli.CliError, match="transformer.ghost.weight listed in"):
+    with pytest.raises(CheckpointError, match="transformer.ghost.weight listed in"):
         cli.weight_files(shard)
     del weight_map["transformer.ghost.weight"]
     (shard / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
@@ -392,14 +396,14 @@ def test_out_may_not_equal_contain_or_lie_inside_dir(tmp_path, force: bool) -> N
            tmp_path: "contains DIR", Path("/"): "contains DIR", src / "..": "contains DIR",
            tmp_path / "up": "contains DIR", tmp_path / "same": "is DIR", tmp_path / "same" / "o": "inside DIR"}
     for out, reason in bad.items():
-        with pytest.raises(cli.CliError, match=reason):
+        with pytest.raises(CheckpointError, match=reason):
             cli.check_paths(src, out, force)
     if os.geteuid() == 0:  # the same directory under another name: a bind mount
         alias = tmp_path / "alias"
         alias.mkdir()
         if subprocess.run(["mount", "--bind", str(src), str(alias)], capture_output=True).returncode == 0:
             try:
-                with pytest.raises(cli.CliError, match="another name"):
+                with pytest.raises(CheckpointError, match="another name"):
                     cli.check_paths(src, alias / "out", force)
             finally:
                 subprocess.run(["umount", str(alias)], capture_output=True)
@@ -421,8 +425,8 @@ def test_placement_never_replaces_an_out_made_meanwhile(tmp_path, monkeypatch) -
     out = tmp_path / "out"
     for renameat2 in (True, False):  # renameat2(RENAME_NOREPLACE), then the fallback without it
         if not renameat2:
-            monkeypatch.setattr(cli, "_renameat2", lambda *a: False)
-        with pytest.raises(cli.CliError, match="exists"):
+            monkeypatch.setattr(io_atomic, "renameat2", lambda *a: False)
+        with pytest.raises(CheckpointError, match="exists"):
             with cli.atomic_dir(out, force=False) as tmp:
                 (tmp / "ours").write_text("new")
                 out.mkdir()  # another process creates OUT while this one writes
@@ -437,7 +441,7 @@ def test_placement_never_replaces_an_out_made_meanwhile(tmp_path, monkeypatch) -
 
         shutil.rmtree(out)
         out.symlink_to(tmp_path / "target")
-        with pytest.raises(cli.CliError, match="exists"):
+        with pytest.raises(CheckpointError, match="exists"):
             with cli.atomic_dir(out, force=False):
                 pass
         with cli.atomic_dir(out, force=True) as tmp:
@@ -464,7 +468,7 @@ def test_an_index_naming_a_pickle_shard_is_refused_unopened(ckpt, tmp_path, caps
         assert not (tmp_path / "PWNED").exists() and not (tmp_path / "out").exists() and digest(src) == before
     # the same index next to a model.safetensors (which transformers would prefer) is refused all the same
     (src / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes())
-    with pytest.raises(cli.CliError, match="not a file name"):
+    with pytest.raises(CheckpointError, match="not a file name"):
         cli.weight_files(src)
 
 

@@ -41,3 +41,16 @@ class UnknownNameError(InvalidRequestError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(NetgraftError):
+    """A model directory netgraft cannot read or write safely: a missing or unused tensor, a pickle, OUT inside the
+    source, not enough memory or disk."""
+
+
+def one_line(text: object) -> str:
+    """A message cut at its first line break (the first non-blank line): command-line errors are one line."""
+    for line in str(text).splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
