@@ -3,7 +3,7 @@
     netgraft inspect DIR
     netgraft widen DIR -o OUT --hidden-size N [--intermediate-size N] [--num-attention-heads N]
                                 [--num-key-value-heads N] [--seed S] [--force]
-    netgraft deepen DIR -o OUT --num-layers N [--force]
+    netgraft deepen DIR -o OUT --num-hidden-layers N [--force]        (--num-layers: the same)
 
 Contract (every refusal or failure: exit status 2 and exactly one line on stderr, `netgraft <command>: <reason>`;
 Ctrl-C: status 130):
@@ -24,8 +24,8 @@ Ctrl-C: status 130):
   pickle archives (*.bin, *.pt, *.pth, *.pkl, *.ckpt, ... or a pickle/zip signature) nor weights of another format;
   symlinks are followed only within DIR (and, for a Hugging Face cache snapshot, into its blobs folder).
 * Sizes are whole numbers from 1 to 2**31 - 1; a size equal to the current one leaves that dimension unchanged, but a
-  widen that grows nothing is refused (as is a size below the current one, and a --num-layers that does not exceed
-  the current depth). Before loading, the result's size is estimated from the config (parameters after growth x the
+  widen that grows nothing is refused (as is a size below the current one, and a --num-hidden-layers that does not
+  exceed the current depth). Before loading, the result's size is estimated from the config (parameters after growth x the
   checkpoint's bytes per parameter); a run that would need more memory (source + result) than is available, or more
   disk than is free where OUT goes, is refused with the figures.
 """
@@ -145,10 +145,11 @@ def requested_sizes(args: argparse.Namespace, op: str, config: Any) -> tuple[dic
         raise CliError(one_line(err)) from err
     new = copy.copy(old)
     if op == "deepen":
-        if args.num_layers <= old.layers:
-            raise CliError(f"num_hidden_layers {args.num_layers} must exceed the current {old.layers} (--num-layers)")
-        new.layers = args.num_layers
-        return {"num_hidden_layers": args.num_layers}, new
+        if args.num_hidden_layers <= old.layers:
+            raise CliError(f"num_hidden_layers {args.num_hidden_layers} must exceed the current {old.layers} "
+                           f"(--num-hidden-layers)")
+        new.layers = args.num_hidden_layers
+        return {"num_hidden_layers": args.num_hidden_layers}, new
     kwargs = {key: getattr(args, key) for key, _, _ in _WIDEN_OPTIONS if getattr(args, key) is not None}
     if not kwargs:
         raise CliError("widen needs at least one of --hidden-size, --intermediate-size, --num-attention-heads,"
@@ -261,7 +262,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="netgraft", description="Grow Hugging Face models exactly (GPT-2, BERT, LLaMA).")
+    p = _Parser(prog="netgraft", description="Grow Hugging Face models exactly, in config terms.")
     sub = p.add_subparsers(dest="command", required=True)
     i = sub.add_parser("inspect", help="family, sizes and which operations are exact")
     i.add_argument("dir")
@@ -276,7 +277,9 @@ def parser() -> argparse.ArgumentParser:
                 s.add_argument(flag, type=_size, help="new size (a whole number; the current one = unchanged)")
             s.add_argument("--seed", type=_seed, default=0, help="seed of the FFN's Net2Net map")
         else:
-            s.add_argument("--num-layers", type=_size, required=True, help="new number of layers (> the current)")
+            # the config's name, as for the widen sizes; --num-layers is kept as a shorter spelling
+            s.add_argument("--num-hidden-layers", "--num-layers", dest="num_hidden_layers", type=_size, required=True,
+                           help="new number of layers (> the current)")
     return p
 
 
