@@ -25,9 +25,9 @@ Ctrl-C: status 130):
   symlinks are followed only within DIR (and, for a Hugging Face cache snapshot, into its blobs folder).
 * Sizes are whole numbers from 1 to 2**31 - 1; a size equal to the current one leaves that dimension unchanged, but a
   widen that grows nothing is refused (as is a size below the current one, and a --num-hidden-layers that does not
-  exceed the current depth). Before loading, the result's size is estimated from the config (parameters after growth x the
-  checkpoint's bytes per parameter); a run that would need more memory (source + result) than is available, or more
-  disk than is free where OUT goes, is refused with the figures.
+  exceed the current depth). Before loading, the result's size is estimated from the config (parameters after
+  growth x the checkpoint's bytes per parameter); a run that would need more memory (source + result) than is
+  available, or more disk than is free where OUT goes, is refused with the figures.
 """
 
 from __future__ import annotations
