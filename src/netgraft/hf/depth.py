@@ -53,47 +53,59 @@ def _layer_re(family: Family) -> re.Pattern:
     return re.compile(rf"((?:{prefixes})?{re.escape(before)})(\d+){re.escape(after)}(.*)")
 
 
-def deepen_state(model: nn.Module, family: Family, old_layers: int, new_layers: int) -> dict[str, torch.Tensor]:
-    """The state dict with the inserted layers: copies of the layer before each, made identities by the recipe."""
+def depth_sources(names: list[str], family: Family, old_layers: int, new_layers: int) -> dict[str, tuple[str, str]]:
+    """For every tensor of the deeper model: (the source tensor it comes from, how) with how "copy", "zero" (a
+    zeroed branch output) or "one" (a unit norm gain). Inserted layers copy the layer before them and are made
+    identities by the family's recipe (see `Depth`). A mapping, not tensors: the streaming path produces each tensor
+    when it is needed."""
     after = insertion_points(old_layers, new_layers)
     layer_re = _layer_re(family)
-    per_layer: dict[int, dict[str, torch.Tensor]] = {}
-    prefix, rest = "", {}
-    for name, t in model.state_dict().items():
+    per_layer: dict[int, list[str]] = {}
+    prefix, out = "", {}
+    for name in names:
         m = layer_re.fullmatch(name)
         if m:
             prefix = m.group(1)
-            per_layer.setdefault(int(m.group(2)), {})[m.group(3)] = t.detach()
+            per_layer.setdefault(int(m.group(2)), []).append(m.group(3))
         else:
-            rest[name] = t.detach()
+            out[name] = (name, "copy")
     if sorted(per_layer) != list(range(old_layers)):
         raise HFError(f"the {family.name} model's layers are {sorted(per_layer)[:8]}, not 0..{old_layers - 1}")
     tail = family.layers.split("{i}")[1]
-    out = dict(rest)
+    post = family.depth.post_norm
+
+    def how(rel: str, inserted: bool, last: bool, has_inserts: bool) -> str:
+        if post is not None and rel.startswith(f"{post[1]}.") and has_inserts and not (inserted and last):
+            return "one" if rel.endswith("weight") else "zero"  # the last norm's affine moves to the last insert
+        if inserted and post is not None and rel.startswith(f"{post[0]}."):
+            return "one" if rel.endswith("weight") else "zero"
+        if inserted and rel in family.depth.zero:
+            return "zero"
+        return "copy"
+
     j = 0
     for i in range(old_layers):
-        layer = dict(per_layer[i])
         inserts = after.count(i)
-        post = family.depth.post_norm
-        if post is not None and inserts:  # the previous layer's last norm hands its affine to the last new layer
-            carried = (layer[f"{post[1]}.weight"], layer[f"{post[1]}.bias"])
-            layer[f"{post[1]}.weight"], layer[f"{post[1]}.bias"] = torch.ones_like(carried[0]), torch.zeros_like(
-                carried[1])
-        for k, v in layer.items():
-            out[f"{prefix}{j}{tail}{k}"] = v.clone()
+        for rel in per_layer[i]:
+            out[f"{prefix}{j}{tail}{rel}"] = (f"{prefix}{i}{tail}{rel}", how(rel, False, False, inserts > 0))
         j += 1
         for n in range(inserts):
-            new = {k: v.clone() for k, v in per_layer[i].items()}
-            for k in family.depth.zero:
-                if k in new:
-                    new[k].zero_()
-            if post is not None:
-                new[f"{post[0]}.weight"].fill_(1.0)
-                new[f"{post[0]}.bias"].zero_()
-                last = n == inserts - 1
-                new[f"{post[1]}.weight"] = carried[0].clone() if last else torch.ones_like(carried[0])
-                new[f"{post[1]}.bias"] = carried[1].clone() if last else torch.zeros_like(carried[1])
-            for k, v in new.items():
-                out[f"{prefix}{j}{tail}{k}"] = v
+            for rel in per_layer[i]:
+                out[f"{prefix}{j}{tail}{rel}"] = (f"{prefix}{i}{tail}{rel}", how(rel, True, n == inserts - 1, True))
             j += 1
     return out
+
+
+def depth_tensor(t: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "zero":
+        return torch.zeros_like(t)
+    if how == "one":
+        return torch.ones_like(t)
+    return t.detach().clone()
+
+
+def deepen_state(model: nn.Module, family: Family, old_layers: int, new_layers: int) -> dict[str, torch.Tensor]:
+    """The state dict with the inserted layers (see `depth_sources`)."""
+    state = model.state_dict()
+    sources = depth_sources(list(state), family, old_layers, new_layers)
+    return {out: depth_tensor(state[src], how) for out, (src, how) in sources.items()}

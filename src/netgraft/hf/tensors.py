@@ -8,13 +8,14 @@ by name, never guessed.
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..core.apply import AxisGrowth, grow_tensor, noise_generator
+from ..core.apply import AxisGrowth, grow_tensor
 from ..core.trace import owner_of
 from ..families.schema import Family
 from .errors import HFError
@@ -43,40 +44,46 @@ def tied(model: nn.Module) -> bool:
     return out is not None and inp is not None and out.weight is inp.weight
 
 
-def _output_name(model: nn.Module) -> str | None:
+def output_name(model: nn.Module) -> str | None:
     """The state-dict name of the output layer's weight (lm_head.weight, cls.predictions.decoder.weight...)."""
     out = model.get_output_embeddings()
     path = next((n for n, m in model.named_modules() if m is out), None) if out is not None else None
     return None if path is None else f"{path}.weight"
 
 
-def widen_state(model: nn.Module, plan: WidthPlan) -> dict[str, torch.Tensor]:
-    """The grown state dict (without a tied output weight: the tie is restored on the new model)."""
-    family = plan.family
-    is_tied = tied(model)
-    output = _output_name(model) if is_tied else None
-    d, big = plan.old.hidden, plan.new.hidden
-    stream = plan.index_map("stream", d)
-    fresh_gen = torch.Generator().manual_seed(0 if plan.seed is None else plan.seed)
-    noise_gen = noise_generator(plan.seed)
-    out: dict[str, torch.Tensor] = {}
-    for name, t in model.state_dict().items():
-        if name == output:
-            continue
+def tensor_generator(seed: int | None, name: str) -> torch.Generator:
+    """The random stream of one tensor (fresh columns, split noise): seeded by the plan's seed and the tensor's name,
+    so a tensor is the same whatever order tensors are produced in (in memory, or streamed in a forward's order)."""
+    return torch.Generator().manual_seed(((0 if seed is None else seed) * 1_000_003 + zlib.crc32(name.encode()))
+                                         % 2**63)
+
+
+class Widener:
+    """Grows one tensor at a time by a `WidthPlan` (the in-memory path maps a whole state dict with it, the streaming
+    path the tensors a forward pass asks for)."""
+
+    def __init__(self, plan: WidthPlan, is_tied: bool):
+        self.plan, self.is_tied = plan, is_tied
+
+    def __call__(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        plan, family = self.plan, self.plan.family
+        d, big = plan.old.hidden, plan.new.hidden
         declared, axes = match(family, name)
         if len(axes) != t.dim():
             raise HFError(f"tensor '{name}' has shape {tuple(t.shape)}, but the {family.name} table gives it "
                           f"{len(axes)} axes ({axes})")
         norm = _declared_norm(family, declared)
         one_plus = norm == "gain" and family.norm_gain == "1+w"
+        final = norm is not None and declared.rpartition(".")[0] == family.final_norm
         # norm gains: the stream's statistics change by d/D when zero-padded (folded in here), and a tied output
         # layer's split lands on the final norm (it cannot be split in the shared weight)
         gain = np.ones(big)
         if norm == "gain" and plan.pad:
             gain *= math.sqrt(d / big)
-        if is_tied and norm is not None and declared.rpartition(".")[0] == family.final_norm and stream is not None:
+        stream = plan.index_map("stream", d)
+        if self.is_tied and final and stream is not None:
             gain = gain * stream.frac
-        if family.embed_scale and is_tied and norm == "gain" and declared.rpartition(".")[0] == family.final_norm:
+        if family.embed_scale and self.is_tied and final and norm == "gain":
             gain = gain * math.sqrt(big / d)  # the tied output reads embeddings scaled by sqrt(d/D) below
         growth: dict[int, AxisGrowth] = {}
         for axis, spec in enumerate(axes):
@@ -85,21 +92,27 @@ def widen_state(model: nn.Module, plan: WidthPlan) -> dict[str, torch.Tensor]:
                 continue
             summed = spec.startswith("~")
             on_stream = spec.lstrip("~") in ("stream", "pooled")
-            fill = "mean" if (on_stream and spec == "stream" and family.norm == "layer" and norm is None) or \
-                norm == "gain" else "zero"
+            fill = "mean" if (spec == "stream" and family.norm == "layer" and norm is None) or norm == "gain" \
+                else "zero"
             scale = gain if on_stream and not summed and norm is not None and not np.all(gain == 1) else None
             growth[axis] = AxisGrowth(m, summed=summed, fill=fill, scale=scale)
         if not growth:
-            out[name] = t.detach().clone()
-            continue
+            return t.detach().clone()
         source = t.detach() + 1 if one_plus else t.detach()
-        new = grow_tensor(source, growth, noise=plan.noise, gen=noise_gen if plan.noise else fresh_gen, name=name)
+        new = grow_tensor(source, growth, noise=plan.noise, gen=tensor_generator(plan.seed, name), name=name)
         if one_plus:
             new -= 1
         if family.embed_scale and declared.endswith("embed_tokens.weight") and big != d:
             new.mul_(math.sqrt(d / big))  # the model multiplies embeddings by sqrt(hidden_size): keep the product
-        out[name] = new
-    return out
+        return new
+
+
+def widen_state(model: nn.Module, plan: WidthPlan) -> dict[str, torch.Tensor]:
+    """The grown state dict (without a tied output weight: the tie is restored on the new model)."""
+    is_tied = tied(model)
+    output = output_name(model) if is_tied else None
+    widener = Widener(plan, is_tied)
+    return {name: widener(name, t) for name, t in model.state_dict().items() if name != output}
 
 
 def build_like(model: nn.Module, config: Any, state: dict[str, torch.Tensor], family: Family) -> nn.Module:
@@ -111,7 +124,7 @@ def build_like(model: nn.Module, config: Any, state: dict[str, torch.Tensor], fa
     missing = set(new.state_dict()) - set(state)
     is_tied = tied(new)
     if is_tied:
-        missing.discard(_output_name(new))
+        missing.discard(output_name(new))
     if missing:
         raise HFError(f"the grown model has tensors netgraft did not fill: {sorted(missing)[:5]}")
     new.load_state_dict(state, strict=False, assign=True)
