@@ -220,10 +220,13 @@ def test_source_untouched_even_in_train_mode_with_batchnorm() -> None:
     assert_unchanged(m, before)
 
 
-def test_hardcoded_head_count_is_refused_not_broken() -> None:
+def test_hand_written_head_count_follows_the_heads() -> None:
+    """`view(B, T, self.n_head, C // self.n_head)`: the trace sees the attribute used as a size, so heads are added
+    (head_dim kept) and `n_head` is updated (tests/test_handwritten_attention.py has the GPT-style models)."""
     m, x = zoo("custom_attention")
-    with pytest.raises(netgraft.UnsupportedModelError, match="block.attn"):
-        netgraft.widen(m, 2.0, example_inputs=x)
+    wide = netgraft.widen(m, 2.0, example_inputs=x, seed=0)
+    assert (m.block.attn.n_head, wide.block.attn.n_head) == (4, 8)
+    assert_exact(m, wide, x)
 
 
 def test_heads_can_be_named_and_the_stream_follows() -> None:

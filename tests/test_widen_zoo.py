@@ -9,9 +9,9 @@ from zoo import UNSUPPORTED, ZOO, randomize_batchnorm_stats
 
 import netgraft
 
-# Hand-written attention hard-codes its head count (`view(B, T, self.n_head, C // self.n_head)`): only the
-# dimensions that avoid it can grow, named explicitly.
-WIDTHS: dict[str, dict[str, int] | float] = {"custom_attention": {"block.fc": 192, "inp": 32}}
+# Models whose growth is named explicitly instead of by a factor (none today: hand-written attention's
+# `view(B, T, self.n_head, C // self.n_head)` grows by adding heads and updating `n_head`).
+WIDTHS: dict[str, dict[str, int] | float] = {}
 
 
 def build(name: str, dtype=torch.float32):

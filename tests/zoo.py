@@ -819,8 +819,8 @@ _SUPPORTED = [
     _entry("mha_plain", MHAPlain, _in_seq_6x10, ("transformer", "attention")),
 ]
 
-_REFUSED = [
-    _entry("channel_shuffle", ChannelShuffle, _in_img8, ("conv",)),
+_REFUSED = [  # (a channel shuffle `view(b, self.groups, c // self.groups, h, w)` now grows its groups exactly:
+    # tests/test_handwritten_attention.py)
     _entry("lstm", LSTMNet, _in_seq_5x6, ("sequence",)),
     _entry("hardcoded_shape", HardcodedShape, _in_vec8),
     _entry("channel_reduce", ChannelReduce, _in_img6, ("conv",)),

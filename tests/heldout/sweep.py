@@ -288,12 +288,15 @@ def dead_new_units(source: nn.Module, result: nn.Module, inputs: tuple, src_grad
     too)."""
     src = grads_after(source, inputs) if src_grads is None else src_grads
     res = grads_after(result, inputs) if res_grads is None else res_grads
-    thresh = 1e-7 * max(float(g.abs().max()) for g in src.values())
+    scale = max(float(g.abs().max()) for g in src.values())
     bad = []
     for name, g in res.items():
         old = src.get(name)
         if old is None or old.shape == g.shape or old.dim() != g.dim():
             continue
+        # alive: above round-off of the largest gradient (float32: 1e-7; float64: 1e-13, where with split noise a
+        # copy's share of a small gradient, e.g. a LayerNorm bias, can be small by chance yet far from zero)
+        thresh = (1e-13 if g.dtype == torch.float64 else 1e-7) * scale
         for axis, (a, b) in enumerate(zip(old.shape, g.shape, strict=True)):
             if b <= a or not bool((_per_unit(old, axis) > thresh).all()):
                 continue

@@ -91,6 +91,61 @@ class AttrSetter:
     spaces: tuple[Space, ...] | Space  # attribute becomes the new size (or tuple of sizes)
 
 
+class TracedInt(int):
+    """An int whose origin the trace follows: a module attribute (``self.n_head``), a tensor size (``x.size(-1)``) or
+    arithmetic on them (``C // self.n_head``). While a model is traced its int attributes and the sizes it reads are
+    these; an op rule then sees where a shape argument came from (`sources`: ``("attr", module path, name)`` or
+    ``("size", Space)``; `direct`: the one source the int *is*, None when computed). Behaves as the int it equals;
+    copies and pickles as a plain int."""
+
+    sources: frozenset
+    direct: tuple | None
+
+    def __new__(cls, value: int = 0, sources: frozenset | set = frozenset(), direct: tuple | None = None):
+        self = super().__new__(cls, value)
+        self.sources = frozenset(sources)
+        self.direct = direct
+        return self
+
+    def __reduce__(self):  # noqa: ANN204 - deepcopy/pickle: a plain int, never a netgraft type in a checkpoint
+        return (int, (int(self),))
+
+    def attrs(self) -> list[tuple[str, str]]:
+        """(module path, attribute name) of every attribute this int was computed from."""
+        return sorted((m, a) for kind, *rest in self.sources if kind == "attr" for m, a in [rest])
+
+
+def _traced_arith(name: str):  # noqa: ANN202
+    base = getattr(int, name)
+
+    def op(self, *other):  # noqa: ANN001, ANN202
+        out = base(self, *other)
+        if type(out) is not int:  # NotImplemented, a float (true division), a bool (comparisons are not wrapped)
+            return out
+        return TracedInt(out, self.sources.union(*(o.sources for o in other if isinstance(o, TracedInt))))
+
+    op.__name__ = name
+    return op
+
+
+for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__floordiv__", "__rfloordiv__",
+              "__mod__", "__rmod__", "__neg__", "__pos__", "__abs__"):
+    setattr(TracedInt, _name, _traced_arith(_name))
+
+
+@dataclass(eq=False)
+class Factoring:
+    """A reshape that views one axis as a product of factors (heads x head_dim, groups x channels per group), with
+    where the code took each factor's size from; which factor may grow is decided in `Coupling`."""
+
+    module: str  # path of the module whose forward ran the reshape
+    where: str
+    whole: Space  # the axis being factored (a product when several input axes merge first)
+    factors: list[Space]  # the output axes, outermost first (size-1 axes left out)
+    sizes: list[int]
+    given: list[int | None]  # the size argument of each factor as the code passed it (-1: inferred; None: unknown)
+
+
 class Trace:
     """Everything `couple` learned from one run: parameter axes, roles, producers, links and attributes."""
 
@@ -110,6 +165,8 @@ class Trace:
         self.links: list[Link] = []
         self.constrained: list[Space] = []  # spaces given constraints (composites may be referenced nowhere else)
         self.attrs: list[AttrSetter] = []
+        self.factorings: list[Factoring] = []  # reshapes that factor an axis (attention heads): see `Coupling`
+        self.factorings_resolved = False  # `Coupling` decides them once (it adds constraints to this trace)
         self.ops: list[OpRecord] = []
         self.calls: list[ModuleCall] = []  # in the order the calls returned
         self.inputs: list[Value] = []

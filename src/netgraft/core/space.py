@@ -93,7 +93,7 @@ def union(a: Space, b: Space, origin: str = "") -> Space:
         return ra
     # both composite
     if ra.kind == "prod" and rb.kind == "prod":
-        fa, fb = _common_product_refinement(_product_factors(ra), _product_factors(rb), origin)
+        fa, fb = _common_product_refinement(product_factors(ra), product_factors(rb), origin)
         if fa is not None and fb is not None:
             for x, y in zip(fa, fb, strict=True):
                 union(x, y, origin)
@@ -114,11 +114,11 @@ def union(a: Space, b: Space, origin: str = "") -> Space:
     return ra
 
 
-def _product_factors(s: Space) -> list[Space]:
+def product_factors(s: Space) -> list[Space]:
     """The flat row-major factor list of a space (sum spaces and leaves are atomic factors)."""
     r = find(s)
     if r.kind == "prod":
-        return [f for p in r.parts for f in _product_factors(p)]
+        return [f for p in r.parts for f in product_factors(p)]
     return [r]
 
 
@@ -160,7 +160,7 @@ def _common_product_refinement(
 
 def split_product(s: Space, sizes: list[int], origin: str) -> list[Space] | None:
     """View space `s` as a row-major product of axes of `sizes` (a reshape). None if the layout can't follow."""
-    factors = [f for f in _product_factors(s) if f.size != 1]
+    factors = [f for f in product_factors(s) if f.size != 1]
     out: list[Space] = []
     i = 0
     for n in sizes:

@@ -4,6 +4,12 @@ A `TorchFunctionMode` sees each torch function call (F.linear, Tensor.view, torc
 hooks keep a stack of the module paths being executed, so every op knows where it ran. Each op is looked up in the
 registry (`netgraft.registry`); an op with no rule blocks every axis it touches, so a model we cannot map is
 refused rather than widened wrongly. Modules whose type has a registered *layer* rule are traced as one op.
+
+Shapes written in a forward (``q.view(B, T, self.n_head, C // self.n_head)``) are followed too: while tracing, the
+int attributes of the model's own modules and every size the forward reads (``x.size()``, ``x.shape``) are
+`TracedInt`s that remember where they came from, so a reshape rule knows that a factor is ``self.n_head`` (an attribute
+to update when heads are added) or the size of another axis (that it must keep equal). The attributes are put back
+as they were when the trace ends.
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import EXTENSION_HINT, InvalidRequestError, UnsupportedModelError
 from . import space as sp
-from .graph import ModuleCall, Trace, Value, _flat_tensors
+from .graph import ModuleCall, Trace, TracedInt, Value, _flat_tensors
 from .probes import make_probes, same_path_probes
-from .registry import RuleFailure, dispatch_op, layer_rule_for, run_layer_rule
+from .registry import RuleFailure, dispatch_op, layer_rule_for, op_name, run_layer_rule
 from .state import call_model, flat_outputs, run_mode
 
 
@@ -33,9 +39,53 @@ class _Recorder(TorchFunctionMode):
         out = func(*args, **kwargs)
         if self.suppress:
             return out
-
+        if isinstance(out, (int, torch.Size)) and not isinstance(out, bool) and op_name(func) in ("size", "shape"):
+            return self._traced_size(args, kwargs, out)
         dispatch_op(self.trace, func, args, kwargs, out)
         return out
+
+    def _traced_size(self, args: tuple, kwargs: dict, out):  # noqa: ANN202
+        """`x.size()`, `x.shape`, `x.size(d)`: sizes that remember their axis (see the module docstring)."""
+        if not args or not isinstance(args[0], torch.Tensor):
+            return out
+        v = self.trace.peek(args[0])
+        if v is None or len(v.dims) != args[0].dim():
+            return out
+        if isinstance(out, torch.Size):
+            return torch.Size([TracedInt(n, {("size", s)}, ("size", s)) for n, s in zip(out, v.dims, strict=True)])
+        d = args[1] if len(args) > 1 else kwargs.get("dim")
+        if not isinstance(d, int) or not v.dims:
+            return out
+        s = v.dims[d % len(v.dims)]
+        return TracedInt(out, {("size", s)}, ("size", s))
+
+
+# nn.Module's own bookkeeping ints are never traced; only attributes a user's module set
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
+def _trace_attributes(model: nn.Module) -> list[tuple[nn.Module, str, int, TracedInt]]:
+    """Replace the int attributes of the model's own (non-torch) modules by `TracedInt`s for the trace."""
+    swapped = []
+    for path, m in model.named_modules():
+        if type(m).__module__.startswith("torch.") or isinstance(m, torch.jit.ScriptModule):
+            continue
+        for k, v in list(vars(m).items()):
+            if type(v) is int and v > 1 and k not in _MODULE_INTERNALS:
+                t = TracedInt(v, {("attr", path, k)}, ("attr", path, k))
+                vars(m)[k] = t
+                swapped.append((m, k, v, t))
+    return swapped
+
+
+def _restore_attributes(model: nn.Module, swapped: list[tuple[nn.Module, str, int, TracedInt]]) -> None:
+    for m, k, v, t in swapped:
+        if vars(m).get(k) is t:
+            vars(m)[k] = v
+    for m in model.modules():  # anything the forward stored (a cached length) is a plain int again
+        for k, v in list(vars(m).items()):
+            if isinstance(v, TracedInt):
+                vars(m)[k] = int(v)
 
 
 def owner_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -91,6 +141,7 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
 
     h1 = nn.modules.module.register_module_forward_pre_hook(pre_hook)
     h2 = nn.modules.module.register_module_forward_hook(post_hook)
+    swapped = _trace_attributes(model)
     try:
         with run_mode(model, train=False), torch.no_grad(), rec:
             try:
@@ -106,6 +157,7 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
     finally:
         h1.remove()
         h2.remove()
+        _restore_attributes(model, swapped)
     tr.output_tensors = [t.detach() for t in flat_outputs(out)]  # eval-mode outputs, reused by the certificate
     for t in flat_outputs(out):
         v = tr.value_of(t, "model output")

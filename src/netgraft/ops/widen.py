@@ -45,6 +45,7 @@ def widen(
     noise: float = 0.0,
     seed: int | None = None,
     check: bool = True,
+    heads: dict[str, str] | None = None,
     **config_sizes: int,
 ) -> nn.Module:
     """Return a wider copy of `model` that computes the same function (Net2WiderNet). `model` is not modified.
@@ -67,6 +68,13 @@ def widen(
             wider model keeps the small one's capacity. 0.5 is a good start; float32/float64 parameters only.
         seed: seed for the random replication map and the noise.
         check: raise `NotPreservedError` if the certificate exceeds the bound (default).
+        heads: ``{module path: attribute name}`` for hand-written attention the trace cannot settle: the module's
+            int attribute that holds its head count. Usually not needed: when a forward reshapes into heads with
+            sizes taken from attributes (``q.view(B, T, self.n_head, C // self.n_head)``,
+            ``view(B, T, -1, self.head_dim)``) heads are added, head_dim is kept and the attributes used
+            (``n_head``, ``n_embd`` in ``split(self.n_embd)``...) are updated. Where two attributes could be the
+            count, `widen` refuses and names them; then e.g. ``heads={"layers.0.attn": "n_kv_heads"}``. The head
+            count can also be named in `widths` as ``"<module path>:<attribute>"`` (e.g. ``{"h.0.attn:n_head": 8}``).
         **config_sizes: shorthand for ``widths=ConfigSizes(**config_sizes)``.
 
     The result carries ``result.netgraft_report`` (sizes changed and certificate) and
@@ -78,6 +86,26 @@ def widen(
         >>> wide = netgraft.widen(m, {"0": 12}, example_inputs=(torch.randn(4, 3),), seed=0)
         >>> wide[0].out_features, wide[2].in_features, wide.netgraft_certificate.passed
         (12, 12, True)
+
+    Hand-written attention (nanoGPT style): heads are added, ``n_head`` follows.
+
+        >>> class Attn(torch.nn.Module):
+        ...     def __init__(self, d=8, n_head=2):
+        ...         super().__init__()
+        ...         self.n_head, self.qkv, self.proj = n_head, torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+        ...     def forward(self, x):
+        ...         B, T, C = x.size()
+        ...         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        ...                    for t in self.qkv(x).split(C, dim=2))
+        ...         y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        ...         return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), Attn(), torch.nn.Linear(8, 3))
+        >>> wide = netgraft.widen(m, {"0": 16}, example_inputs=(torch.randn(2, 5, 4),), seed=0)
+        >>> wide[1].n_head, wide[1].qkv.out_features
+        (4, 48)
+        >>> wide = netgraft.widen(m, {"1:n_head": 3}, example_inputs=(torch.randn(2, 5, 4),), heads={"1": "n_head"})
+        >>> wide[1].n_head, wide[0].out_features
+        (3, 12)
     """
     check_model(model, "widen")
     if isinstance(noise, bool) or not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise >= 0):
@@ -93,6 +121,9 @@ def widen(
         if not hf.is_hf_model(model):
             raise InvalidRequestError(f"widen: ConfigSizes (config sizes) apply to Hugging Face models only; got "
                                       f"{type(model).__name__}: name the modules to grow instead")
+        if heads is not None:
+            raise InvalidRequestError("widen: heads= applies to traced widening (widths as a dict or a factor); a "
+                                      "ConfigSizes request takes num_attention_heads / num_key_value_heads")
         if set(widths.given()) - set(WIDTH_FIELDS):
             raise InvalidRequestError(f"widen: {widths} changes depth; use deepen for num_hidden_layers")
         return hf.widen_hf(model, seed=seed, noise=float(noise), probe_inputs=example_inputs, check=check,
@@ -100,13 +131,13 @@ def widen(
     if widths is None or example_inputs is None:
         raise InvalidRequestError("widen needs `widths` and `example_inputs` (or, for a Hugging Face model, a "
                                   "ConfigSizes)")
-    return _widen_traced(model, widths, example_inputs, float(noise), seed, check)
+    return _widen_traced(model, widths, example_inputs, float(noise), seed, check, heads)
 
 
 def _widen_traced(model: nn.Module, widths: dict[str, int] | float, example_inputs: Any, noise: float,
-                  seed: int | None, check: bool) -> nn.Module:
+                  seed: int | None, check: bool, heads: dict[str, str] | None = None) -> nn.Module:
     """The traced front end: trace -> couple -> plan -> apply -> certify."""
-    coupling = couple(model, example_inputs)
+    coupling = couple(model, example_inputs, heads)
     planner = plan_widths(coupling, widths)
     maps = SpaceMaps(planner.build_maps(seed), noise, seed)
     result = build_model(coupling, maps, lambda s: total_size(s, planner.sizes))

@@ -221,6 +221,7 @@ def grow_(
     seed: int | None = None,
     bn_weight: float | None = 1.0,
     check: bool = True,
+    heads: dict[str, str] | None = None,
 ) -> nn.Module:
     """Widen `model` **in place** during training, so that it computes the same function, and carry the optimizer's
     state along (GradMax, Evci et al. 2022; Net2Net, Chen et al. 2016).
@@ -249,6 +250,8 @@ def grow_(
             SGD pass None (gamma = sqrt(eps): gain 1, but the unit starts tiny).
         check: roll back and raise `NotPreservedError` if the certificate fails (it is always measured: on
             `example_inputs` and fresh probes, in eval and train mode with dropout off).
+        heads: as in `widen`: ``{module path: attribute}`` naming the attribute that holds the head count of
+            hand-written attention where the trace cannot tell.
 
     GradMax details: M is computed as if f'(0) = 1 (the paper's assumption) with the layers in between as identity
     units (BatchNorm: see `bn_weight`; depthwise convs get Dirac filters). Activations with derivative 0 at 0 in
@@ -289,7 +292,7 @@ def grow_(
     example_inputs = _inputs_of(batch) if example_inputs is None else example_inputs
     check_optimizer(optimizer, model)
 
-    coupling = couple(model, example_inputs)
+    coupling = couple(model, example_inputs, heads)
     planner = plan_widths(coupling, widths)
     raw = planner.build_maps(seed)
     maps = SpaceMaps(raw, noise, seed)
