@@ -247,7 +247,9 @@ def test_cli_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, mon
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "save_streaming", boom)
+    from netgraft.io.shards import ShardWriter
+
+    monkeypatch.setattr(ShardWriter, "finish", boom)
     assert cli.main(["deepen", str(src), "-o", str(out), "--num-layers", "3", "--force"]) == 130
     assert (out / "keep.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]

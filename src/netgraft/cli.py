@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import re
-import shutil
 import signal
 import sys
 import warnings
@@ -47,12 +45,11 @@ from typing import Any
 from . import hf
 from .errors import NetgraftError, one_line
 from .hf.plan import plan_sizes
-from .io.atomic import atomic_dir, check_paths, placed
-from .io.checkpoint import load_config, load_model, model_class, side_files, weight_files
-from .io.resources import check_resources, estimate_bytes
-from .io.writer import save_streaming
-from .ops.deepen import deepen
-from .ops.widen import widen
+from .hf.request import ConfigSizes
+from .hf.stream import grow_checkpoint
+from .io.atomic import check_paths, placed
+from .io.checkpoint import load_config
+from .io.resources import human
 
 
 class CliError(NetgraftError):
@@ -188,51 +185,28 @@ def requested_sizes(args: argparse.Namespace, op: str, config: Any) -> tuple[dic
 
 # ------------------------------------------------------------------------------------------------------- grow
 def _grow(args: argparse.Namespace, op: str) -> int:
-
-
+    """widen / deepen a directory: the streaming engine (`netgraft.hf.stream.grow_checkpoint`), which the Python
+    API offers too; the checks here only turn a bad request into one line before anything is read."""
     src, out = Path(args.dir), Path(args.output)
     check_paths(src, out, args.force)
     config = load_config(src)
-    kwargs, sizes = requested_sizes(args, op, config)
-    headers = weight_files(src)
-    extras, skipped = side_files(src)
-    estimate = estimate_bytes(config, model_class(config), sizes, headers)
-    if estimate is not None:
-        check_resources(*estimate, sum(t.stat().st_size for _, t in extras), out)
-    bar = _progress(4, f"netgraft {op}")
-    with atomic_dir(out, args.force) as tmp:  # made now: an unwritable OUT fails before the long part
-        bar.set_postfix_str("loading")
-        model = load_model(src)
-        bar.update()
-        bar.set_postfix_str(f"{op}ing")
-        try:
-            if op == "widen":
-                grown = widen(model, seed=args.seed, **kwargs)
-            else:
-                grown = deepen(model, **kwargs)
-        except (NetgraftError, ValueError) as err:
-            raise CliError(one_line(err)) from err
-        bar.update()
-        bar.set_postfix_str("saving")
-        del model  # the source is no longer needed: its memory is free before the result is written
-        save_streaming(grown, tmp)
-        for entry, target in extras:  # tokenizer and other side files travel along
-            if not (tmp / entry.name).exists():
-                shutil.copyfile(target, tmp / entry.name)
-        cert = grown.netgraft_certificate
-        (tmp / "netgraft.json").write_text(json.dumps({
-            "operation": op, "source": str(src), "changes": grown.netgraft_report.changes,
-            "certificate": {"max_abs": cert.max_abs, "bound": cert.bound, "passed": cert.passed},
-            "not_copied": {name: why for name, why in skipped}}, indent=1) + "\n")
-    bar.update(2)
+    kwargs, _ = requested_sizes(args, op, config)
+    bar = _progress(0, f"netgraft {op}")
+
+    def progress(done: int, total: int, seconds: float) -> None:
+        if getattr(bar, "total", None) != total:
+            bar.total = total
+        bar.n = done
+        rate = done / seconds if seconds > 0 else 0.0
+        bar.set_postfix_str(f"{human(done)} of {human(total)}" + (f", ETA {(total - done) / rate:.0f} s"
+                                                                    if rate > 0 and done < total else ""))
+
+    report = grow_checkpoint(src, out, ConfigSizes(**kwargs), max_shard_size=args.max_shard_size,
+                             seed=getattr(args, "seed", 0), force=args.force, progress=progress)
     bar.close()
-    print(grown.netgraft_report)
-    for name, why in skipped:
-        print(f"not copied: {name} ({why})")
+    print(report)
     print(f"wrote {out}")
     return 0
-
-
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -272,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("-o", "--output", required=True, help="output directory (written atomically; may not be, "
                        "contain or lie inside DIR)")
         s.add_argument("--force", action="store_true", help="replace OUT if it exists (atomically)")
+        s.add_argument("--max-shard-size", default="5GB", help="largest output shard (e.g. 5GB, 500MB, 2GiB; the "
+                       "hub's default 5GB); one shard is written as model.safetensors")
         if name == "widen":
             for _, _, flag in _WIDEN_OPTIONS:
                 s.add_argument(flag, type=_size, help="new size (a whole number; the current one = unchanged)")

@@ -9,7 +9,7 @@ probes, eval and train mode, cached decoding where the model has a KV cache).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -122,10 +122,12 @@ class HFReport:
     family: str
     changes: dict[str, tuple[int, int]]
     certificate: Certificate
+    not_copied: dict[str, str] = field(default_factory=dict)  # side files of a checkpoint left behind, and why
 
     def __str__(self) -> str:
-        lines = [f"{self.family}: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.changes.items())]
-        return "\n".join([*lines, f"certificate: {self.certificate}"])
+        lines = [f"{self.family}: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.changes.items()),
+                 f"certificate: {self.certificate}"]
+        return "\n".join(lines + [f"not copied: {name} ({why})" for name, why in self.not_copied.items()])
 
 
 def _finish(model: nn.Module, new: nn.Module, family: Family, old: Sizes, now: Sizes, probe: Any,

@@ -5,11 +5,11 @@ files that may travel with a grown model (never a pickle, never a symlink out of
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from .. import hf
-from ..errors import CheckpointError, NetgraftError, one_line
+from ..errors import CheckpointError, one_line
 
 # Never opened, never copied: pickle archives (and torch.save's zip of a pickle) under their usual names.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".dill", ".npy", ".npz",
@@ -118,39 +118,28 @@ def tensor_names(names: Any, limit: int = 4) -> str:
     shown = ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
     return f"tensor{'s' if len(names) != 1 else ''} {shown}"
 
-def load_model(src: Path) -> Any:
-    """The model class named in config.architectures, weights from safetensors only, loaded strictly: a tensor the
-    class expects that is missing from the checkpoint, one of the checkpoint's tensors the class does not use, or a
-    shape that differs is an error (transformers would initialise, drop or re-initialise it silently)."""
-    config = load_config(src)
-
-    try:
-        hf.family_of(config)
-    except NetgraftError as err:
-        raise CheckpointError(one_line(err)) from err
-    weight_files(src)
-    cls = model_class(config)
-    try:
-        model, info = cls.from_pretrained(src, use_safetensors=True, dtype="auto", output_loading_info=True,
-                                          ignore_mismatched_sizes=True)  # reported below instead of raised
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"{src}: cannot load the weights ({type(err).__name__}: {one_line(err)})") from err
+def check_tensors(names: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], ignore: list[str],
+                  where: str, cls_name: str) -> None:
+    """Strict loading: every tensor the class expects (`expected`, name -> shape) is among the checkpoint's `names`
+    with that shape, and every tensor there is used (transformers' own patterns of legacy tensors it ignores
+    excepted), else CheckpointError naming them - transformers would initialise, drop or re-initialise them
+    silently."""
+    missing = sorted(n for n in expected if n not in names)
+    unused = sorted(n for n in names if n not in expected and not any(re.search(p, n) for p in ignore))
+    wrong = sorted(n for n in expected if n in names and tuple(names[n]) != tuple(expected[n]))
     problems = []
-    if info.get("missing_keys"):
-        problems.append(f"missing {tensor_names(info['missing_keys'])}")
-    if info.get("unexpected_keys"):
-        problems.append(f"unused {tensor_names(info['unexpected_keys'])}")
-    if info.get("mismatched_keys"):
-        shown = sorted(info["mismatched_keys"], key=lambda m: str(m[0]))
-        problems.append("shape mismatch " + ", ".join(f"{m[0]} (checkpoint {tuple(m[1])}, model {tuple(m[2])})"
-                                                      for m in shown[:3]) + (" ..." if len(shown) > 3 else ""))
-    if info.get("error_msgs"):
-        problems.append(one_line(info["error_msgs"][0]))
+    if missing:
+        problems.append(f"missing {tensor_names(missing)}")
+    if unused:
+        problems.append(f"unused {tensor_names(unused)}")
+    if wrong:
+        problems.append("shape mismatch " + ", ".join(f"{n} (checkpoint {tuple(names[n])}, model "
+                                                      f"{tuple(expected[n])})" for n in wrong[:3])
+                        + (" ..." if len(wrong) > 3 else ""))
     if problems:
-        raise CheckpointError(f"{src}: the checkpoint does not match {cls.__name__}: " + "; ".join(problems))
-    return model
+        raise CheckpointError(f"{where}: the checkpoint does not match {cls_name}: " + "; ".join(problems))
 
-# ------------------------------------------------------------------------------------------------ side files
+
 def _allowed_roots(src: Path) -> list[Path]:
     """Where symlinks of DIR may lead: DIR itself and, for a Hugging Face cache snapshot
     (.../snapshots/<revision>), the cache's blobs folder that its files link to."""

@@ -3,16 +3,10 @@ estimated from its config (built on the meta device: no memory)."""
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
-import warnings
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from .. import hf
 from ..errors import CheckpointError
 
 
@@ -50,45 +44,21 @@ def existing_ancestor(path: Path) -> Path:
         p = p.parent
     return p
 
-def estimate_bytes(config: Any, cls: Any, sizes: Any, headers: dict[Path, dict[str, Any]]) -> tuple[int, int] | None:
-    """(bytes of the checkpoint's tensors, estimated bytes of the grown model's): the grown model is built on the
-    meta device (no memory) from the new config and its parameters counted, at the checkpoint's bytes per parameter.
-    None if that model cannot even be built (the growth itself then reports why)."""
-
-    try:
-        src_bytes = src_numel = 0
-        for header in headers.values():
-            for spec in header.values():
-                if isinstance(spec, dict) and "data_offsets" in spec:
-                    start, end = spec["data_offsets"]
-                    src_bytes += int(end) - int(start)
-                    src_numel += math.prod(int(d) for d in spec.get("shape", []))
-        per = src_bytes / src_numel if src_numel else 4.0
-        new_config = hf.new_config(config, hf.family_of(config), sizes)
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = cls(new_config) if cls.__name__ != "AutoModel" else cls.from_config(new_config)
-        persistent = set(model.state_dict())
-        numel = sum(p.numel() for p in model.parameters()) + \
-            sum(b.numel() for n, b in model.named_buffers() if n in persistent)
-    except Exception:  # noqa: BLE001 - no estimate; never a reason to fail by itself
-        return None
-    return src_bytes, int(numel * per)
-
-def check_resources(src_bytes: int, new_bytes: int, side_bytes: int, out: Path) -> None:
-    """Refuses, with the figures, a result that cannot fit in memory (next to the source) or on OUT's disk."""
-    need = src_bytes + new_bytes
+def check_memory(need: int, what: str) -> None:
+    """Refuses, with the figures, a run that needs more memory than this process can get."""
     avail = available_memory()
     if avail is not None and need > avail:
-        raise CheckpointError(f"the grown model needs about {human(new_bytes)} ({human(need)} in memory with the "
-                              "source "
-                       f"model) but only {human(avail)} of memory is available; choose smaller sizes")
+        raise CheckpointError(f"{what} needs about {human(need)} in memory but only {human(avail)} is available; "
+                              f"choose smaller sizes")
+
+
+def check_disk(need: int, out: Path) -> None:
+    """Refuses, with the figures, an output that cannot fit on OUT's disk."""
     where = existing_ancestor(out.parent)
     try:
         free = shutil.disk_usage(where).free
     except OSError:
         return
-    if new_bytes + side_bytes > free:
-        raise CheckpointError(f"the grown model needs about {human(new_bytes + side_bytes)} on disk but {where} has "
-                              "only "
-                       f"{human(free)} free")
+    if need > free:
+        raise CheckpointError(f"the grown model needs about {human(need)} on disk but {where} has only {human(free)} "
+                              f"free")

@@ -1,0 +1,327 @@
+"""Grow a checkpoint directory in bounded memory: `grow_checkpoint(src, out, ConfigSizes(...))`, the engine of the CLI.
+
+Nothing holds a whole model. The output is planned from the grown config alone (a model built on the meta device
+gives every tensor's name, shape and dtype), cut into shards at a byte limit and created with final headers
+(`netgraft.io.shards`). Then the certificate drives the conversion, one module at a time:
+
+1. the source model, a skeleton on the meta device, runs the probe inputs; before each module runs, its own
+   tensors are read from the source checkpoint (`netgraft.io.reader.LazyCheckpoint`) and after it they are freed;
+2. the grown model runs the same inputs; before each module runs, its tensors are *computed* from the source's by
+   the family plan (`Widener` / `depth_sources`, the same code as the in-memory path), written into their shard at
+   their offset, and freed after it. Tensors no module used are produced at the end.
+
+So the source is read about twice and the result written once, with one module's weights (in float32 for the
+forward) in memory at a time; peak memory does not grow with depth. The certificate measures the outputs of both
+passes exactly as the in-memory certificate does (the same probes, the float32 bound, NaN never passes), in eval mode;
+train mode and cached decoding, which would each need more passes over the checkpoint, are the in-memory path's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.certify import Certificate, Measurement, measure
+from ..core.probes import make_probes
+from ..errors import NotPreservedError
+from ..families.schema import Family
+from ..io.atomic import atomic_dir, check_paths
+from ..io.checkpoint import check_tensors, load_config, model_class, side_files
+from ..io.reader import LazyCheckpoint
+from ..io.resources import check_disk, check_memory
+from ..io.shards import Entry, ShardWriter, parse_size, plan_shards
+from .depth import depth_config, depth_sources, depth_tensor
+from .errors import HFError
+from .front import HFReport, _Outputs, family_of, new_config
+from .plan import REQUEST_FIELDS, Sizes, config_value, plan_sizes, plan_widen
+from .request import DEPTH_FIELDS, WIDTH_FIELDS, ConfigSizes
+from .tensors import Widener
+
+
+@dataclass
+class Progress:
+    """Bytes produced so far, with a rate and an ETA, for a progress bar (tqdm when installed) or a log line."""
+
+    total: int
+    callback: Callable[[int, int, float], None] | None = None  # (done, total, seconds since start)
+    done: int = 0
+    start: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def add(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self.callback is not None:
+            self.callback(self.done, self.total, time.perf_counter() - self.start)
+
+
+# -- a model whose weights come and go ------------------------------------------------------------------------------
+
+def _buffers_module(module: nn.Module, config: Any) -> nn.Module | None:
+    """A real (CPU) instance of a module that owns non-persistent buffers (rotary frequencies, position ids), built
+    again from the config: their values are computed at construction, which the meta skeleton could not do."""
+    try:
+        params = inspect.signature(type(module).__init__).parameters
+    except (TypeError, ValueError):
+        return None
+    if "config" not in params:
+        return None
+    with torch.device("cpu"):
+        return type(module)(config=config)
+
+
+def skeleton(cls: type, config: Any) -> nn.Module:
+    """`cls(config)` on the meta device (no memory, no init), with its non-persistent buffers computed for real."""
+    with torch.device("meta"):
+        model = cls(config)
+    persistent = set(model.state_dict())
+    for path, module in model.named_modules():
+        names = [n for n in module._buffers if f"{path}.{n}".lstrip(".") not in persistent and
+                 module._buffers[n] is not None]
+        if not names:
+            continue
+        real = _buffers_module(module, config)
+        if real is None:
+            raise HFError(f"module '{path}' ({type(module).__name__}) computes buffers {names} at construction, and "
+                          f"netgraft cannot rebuild it from the config to stream the certificate")
+        for n in names:
+            module._buffers[n] = real._buffers[n]
+    return model.eval()
+
+
+@contextlib.contextmanager
+def lazy_weights(model: nn.Module, load: Callable[[str], torch.Tensor]) -> Iterator[None]:
+    """While inside: before a module runs, its own parameters and persistent buffers are `load(name)`-ed (as float32,
+    without gradient); after it, they go back to the meta device. Tied tensors load under their first name."""
+    canonical = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        canonical.setdefault(id(t), name)
+    persistent = set(model.state_dict())
+    owners = []
+    for path, module in model.named_modules():
+        own = [(k, f"{path}.{k}".lstrip("."), "param") for k, p in module._parameters.items() if p is not None]
+        own += [(k, f"{path}.{k}".lstrip("."), "buffer") for k, b in module._buffers.items()
+                if b is not None and f"{path}.{k}".lstrip(".") in persistent]
+        if own:
+            owners.append((module, own))
+    meta = {id(m): {k: (p.shape, p.dtype) for k, p in [*m._parameters.items(), *m._buffers.items()] if p is not None}
+            for m, _ in owners}
+
+    def pre(module: nn.Module, args: Any) -> None:
+        for key, name, kind in dict(owners_by_id)[id(module)]:
+            current = module._parameters[key] if kind == "param" else module._buffers[key]
+            value = load(canonical.get(id(current), name))
+            value = value.float() if value.is_floating_point() else value
+            if kind == "param":
+                module._parameters[key] = nn.Parameter(value, requires_grad=False)
+            else:
+                module._buffers[key] = value
+
+    def post(module: nn.Module, args: Any, out: Any) -> None:
+        for key, _, kind in dict(owners_by_id)[id(module)]:
+            shape, dtype = meta[id(module)][key]
+            empty = torch.empty(shape, dtype=dtype, device="meta")
+            if kind == "param":
+                module._parameters[key] = nn.Parameter(empty, requires_grad=False)
+            else:
+                module._buffers[key] = empty
+
+    owners_by_id = [(id(m), own) for m, own in owners]
+    handles = []
+    for module, _ in owners:
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _run(model: nn.Module, inputs: dict, load: Callable[[str], torch.Tensor], select: _Outputs) -> list[torch.Tensor]:
+    with lazy_weights(model, load), torch.no_grad():
+        return [y.detach().float() for y in select(model(**inputs, use_cache=False) if "input_ids" in inputs
+                                                   else model(**inputs))]
+
+
+# -- the engine ------------------------------------------------------------------------------------------------------
+
+def _strict_names(ckpt: LazyCheckpoint, model: nn.Module, cls: type) -> None:
+    expected = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+    tied_out = _tied_output(model)
+    if tied_out is not None:  # stored once, under the embedding's name
+        expected.pop(tied_out, None)
+    names = {n: ckpt.shape(n) for n in ckpt.names() if n != tied_out}
+    ignore = list(getattr(cls, "_keys_to_ignore_on_load_unexpected", None) or [])
+    buffers = [n for n, _ in model.named_buffers()]  # legacy persistent buffers transformers skips, as it does
+    ignore += [r"rotary_emb\.inv_freq"] * any(n.endswith("rotary_emb.inv_freq") for n in buffers)
+    ignore += [r"(^|\.)position_ids$"] * any(n.endswith("position_ids") for n in buffers)
+    check_tensors(names, expected, ignore, str(ckpt.directory), cls.__name__)
+
+
+def _tied_output(model: nn.Module) -> str | None:
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is None or inp is None or out.weight is not inp.weight:
+        return None
+    return next((f"{n}.weight" for n, m in model.named_modules() if m is out), None)
+
+
+def _probe_batch(config: Any, family: Family) -> tuple[dict, list[tuple[str, slice]]]:
+    """The probes (example, fresh, one more sample) concatenated into one batch - one pass over the checkpoint - and
+    the rows of each."""
+    g = torch.Generator().manual_seed(0)
+    if family.inputs == "pixels":
+        x = torch.randn(2, config.num_channels, config.image_size, config.image_size, generator=g)
+        probes, key = make_probes({"pixel_values": x}), "pixel_values"
+    else:
+        length = min(12, config_value(config, ("max_position_embeddings", "n_positions"), 12))
+        probes, key = make_probes({"input_ids": torch.randint(0, config.vocab_size, (2, length), generator=g)}), \
+            "input_ids"
+    rows, start, parts = [], 0, []
+    for p in probes:
+        t = p.inputs[key]
+        rows.append((p.describe(), slice(start, start + t.shape[0])))
+        start += t.shape[0]
+        parts.append(t)
+    return {key: torch.cat(parts)}, rows
+
+
+def grow_checkpoint(src: str | Path, out: str | Path, sizes: ConfigSizes, *, max_shard_size: int | str = "5GB",
+                    seed: int | None = 0, noise: float = 0.0, force: bool = False, check: bool = True,
+                    progress: Callable[[int, int, float], None] | None = None) -> HFReport:
+    """Grow the Hugging Face checkpoint in directory `src` into a sharded checkpoint in `out`, in bounded memory.
+
+    `sizes` says what grows: widths (`hidden_size`, `intermediate_size`, heads...) or `num_hidden_layers`. The output
+    is written into a temporary sibling of `out` and renamed into place at the end (`out` may not be, contain or lie
+    inside `src`; an existing `out` is replaced only with `force`); side files (tokenizer...) travel along, never a
+    pickle. The same family tables and apply kernel as `widen`/`deepen` on a loaded model: the tensors are the same
+    bit for bit. Returns the report (config changes and a certificate measured while streaming, see the module
+    docstring); raises NotPreservedError (nothing written) when `check` and the certificate fails.
+
+    Example:
+        >>> import tempfile, transformers, netgraft
+        >>> from netgraft.hf.stream import grow_checkpoint
+        >>> d = tempfile.mkdtemp()
+        >>> cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        ...                                num_attention_heads=4, num_key_value_heads=2, vocab_size=64)
+        >>> transformers.LlamaForCausalLM(cfg).save_pretrained(f"{d}/small")
+        >>> report = grow_checkpoint(f"{d}/small", f"{d}/deep", netgraft.ConfigSizes(num_hidden_layers=4))
+        >>> report.changes, report.certificate.passed
+        ({'num_hidden_layers': (2, 4)}, True)
+    """
+    src, out = Path(src), Path(out)
+    request = sizes.given()
+    depth = set(request) == set(DEPTH_FIELDS)
+    if not request or (not depth and set(request) - set(WIDTH_FIELDS)):
+        raise HFError(f"grow_checkpoint: {sizes} must give widths or num_hidden_layers (not both)")
+    check_paths(src, out, force)
+    config = load_config(src)
+    family = family_of(config)
+    cls = model_class(config)
+    ckpt = LazyCheckpoint(src)
+    source = skeleton(cls, config)
+    _strict_names(ckpt, source, cls)
+    old = Sizes.of(config, family)
+    if depth:
+        now = copy.copy(old)
+        now.layers = request["num_hidden_layers"]
+        if now.layers <= old.layers:
+            raise HFError(f"num_hidden_layers {now.layers} must exceed the current {old.layers}")
+        if why := family.check_config(config, depth=True):
+            raise HFError(why)
+        grown_config = new_config(config, family, now)
+        for key, value in depth_config(config, old.layers, now.layers).items():
+            setattr(grown_config, key, value)
+    else:  # sizes first (checked, nothing allocated), the maps once memory and disk are known to suffice
+        _, now, pad = plan_sizes(config, family, request)
+        grown_config = new_config(config, family, now, old.hidden if pad else None)
+    result = skeleton(cls, grown_config)
+    tied_out = _tied_output(result)
+    names = [n for n in result.state_dict() if n != tied_out]
+    shapes = result.state_dict()
+    if depth:
+        sources = depth_sources(list(ckpt.names()), family, old.layers, now.layers)
+    else:
+        sources = {n: (n, "widen") for n in names}
+    entries = [Entry(n, ckpt.dtype(sources[n][0]), tuple(shapes[n].shape)) for n in names]
+    extras, skipped = side_files(src)
+    check_disk(sum(e.nbytes for e in entries) + sum(t.stat().st_size for _, t in extras), out)
+    # one module's weights at a time: the largest tensor, as read, as grown and as the float32 copies the forward
+    # runs with, is the bound on memory (plus activations of a few probe sequences)
+    largest = max(e.nbytes // max(1, torch.empty((), dtype=e.dtype).element_size()) for e in entries)
+    check_memory(largest * (2 + 4 + 4), "the largest layer of the grown model")
+    plan = None
+    if not depth:
+        plan = plan_widen(config, family, request, seed)
+        plan.noise = noise
+        widener = Widener(plan, _tied_output(source) is not None)
+    shards = plan_shards(entries, parse_size(max_shard_size))
+    track = Progress(sum(e.nbytes for e in entries), progress)
+    inputs, rows = _probe_batch(config, family)
+    select = _Outputs()
+    with atomic_dir(out, force) as tmp:
+        writer = ShardWriter(tmp, shards)
+
+        def produce(name: str) -> torch.Tensor:
+            """The grown tensor `name`, computed from the source, written once, and returned."""
+            if name in writer.written:  # a tensor used by a second module (a tie): as written
+                return writer.read(name)
+            src_name, how = sources[name]
+            t = ckpt.get(src_name)
+            new = depth_tensor(t, how) if depth else widener(name, t)
+            writer.write(name, new)
+            track.add(new.numel() * new.element_size())
+            return new
+
+        reference = _run(source, inputs, ckpt.get, select)
+        names_ref = list(select.names)
+        got = _run(result, inputs, produce, select)
+        for name in writer.missing():  # tensors no module ran with (an unused head): produced all the same
+            produce(name)
+        writer.finish()
+        ckpt.close()
+        cert = _certificate(reference, got, rows, names_ref, plan, select)
+        if check and not cert.passed:
+            raise NotPreservedError(f"growing the {family.name} checkpoint did not preserve its outputs: {cert}")
+        grown_config.save_pretrained(tmp)
+        generation = src / "generation_config.json"
+        if generation.is_file():
+            shutil.copyfile(generation, tmp / generation.name)
+        for entry, target in extras:
+            if not (tmp / entry.name).exists():
+                shutil.copyfile(target, tmp / entry.name)
+        changes = {k: (getattr(old, f), getattr(now, f)) for k, f in {**REQUEST_FIELDS,
+                                                                      "num_hidden_layers": "layers"}.items()
+                   if getattr(old, f) is not None and getattr(old, f) != getattr(now, f)}
+        (tmp / "netgraft.json").write_text(json.dumps({
+            "operation": "deepen" if depth else "widen", "source": str(src), "changes": changes,
+            "shards": len(shards), "certificate": {"max_abs": cert.max_abs, "bound": cert.bound, "passed": cert.passed,
+                                                   "inputs": list(cert.inputs), "modes": list(cert.modes)},
+            "not_copied": dict(skipped)}, indent=1) + "\n")
+    return HFReport(family.name, changes, cert, dict(skipped))
+
+
+def _certificate(reference: list[torch.Tensor], got: list[torch.Tensor], rows: list[tuple[str, slice]],
+                 names: list[str], plan: Any, select: _Outputs) -> Certificate:
+    expand = select.expander(plan.index_map("stream", plan.old.hidden)) if plan is not None else None
+    measurements: list[Measurement] = []
+    for label, rows_slice in rows:
+        ya = [y[rows_slice] for y in reference]
+        if expand is not None:
+            select.names = names
+            ya = [expand(i, y) for i, y in enumerate(ya)]
+        yb = [y[rows_slice] for y in got]
+        measurements.append(measure(ya, yb, label, "eval", torch.float32))
+    return Certificate(tuple(measurements), ("eval",), "streamed: eval mode on every probe (train mode and cached "
+                                                       "decoding are certified by the in-memory path)")
