@@ -25,6 +25,11 @@ _SCALABLE_FEEDERS = {"layer_norm", "rms_norm", "batch_norm", "group_norm", "inst
                      "conv2d", "conv3d", "mul"}
 
 
+# Ops whose output holds the same units of the tied axis, unscaled: a feeder before them can absorb the split.
+_PASS_THROUGH = {"getitem", "contiguous", "clone", "dropout", "narrow", "select", "to", "float", "squeeze",
+                 "unsqueeze"}
+
+
 def _tied_compensation(coupling: Coupling, maps: SpaceMaps) -> dict[tuple[str, int], object]:
     """A parameter axis used both per-unit (an embedding) and summed over (a tied output layer) cannot be split.
     Instead, scale the per-unit parameters of the layer that feeds the summing use (e.g. the final LayerNorm's gain
@@ -42,6 +47,11 @@ def _tied_compensation(coupling: Coupling, maps: SpaceMaps) -> dict[tuple[str, i
                 continue
             act = next((v for v in op.inputs if v.param is None
                         and any(sp.find(d) is sp.find(space) for d in v.dims)), None)
+            # back through ops that only select or move positions (nanoGPT's x[:, [-1], :] before its tied lm_head):
+            # the per-unit layer before them still scales every unit the summing use reads
+            while act is not None and act.producer is not None and act.producer.name in _PASS_THROUGH \
+                    and len(act.consumers) == 1 and act.producer.inputs:
+                act = act.producer.inputs[0]
             feeder = act.producer if act is not None else None
             # Only parameters the feeder's output is linear in (gain and bias, weight rows), never running
             # statistics, an added bias alone, or the tied weight itself.
