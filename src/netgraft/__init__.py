@@ -10,13 +10,16 @@ Public API:
     similarity(source, target) -> float in [0, 1]: how much of target the source can seed
     groups(model, example_inputs) -> table of coupled dimensions
     check_preserved(a, b, example_inputs) -> Certificate (max output difference)
-    register_op / register_layer / RuleContext -> extension point for custom ops and layers
+    register_op / register_layer / RuleContext -> extension point: how custom ops and layers couple their axes
+    LayerKind / register_kind -> extension point: the rest netgraft knows about a layer type (deepen, grow_, inject)
+    unregister_op / unregister_layer / unregister_kind -> undo a registration (the rule it replaced applies again)
 """
 
 from . import rules  # noqa: F401 - registers the built-in coupling rules
 from .core.certify import Certificate, check_preserved
 from .core.coupling import Group, GroupTable, groups
-from .core.registry import RuleContext, register_layer, register_op, unregister_layer
+from .core.layers import LayerKind, TracedLayer, register_kind, unregister_kind
+from .core.registry import RuleContext, register_layer, register_op, unregister_layer, unregister_op
 from .errors import InvalidRequestError, NetgraftError, NotPreservedError, UnknownNameError, UnsupportedModelError
 from .hf.request import ConfigSizes
 from .ops.deepen import Deepened, DeepenReport, GatedBlock, Insertion, ResidualInsert, deepen, fold_gates, set_gates_
@@ -48,6 +51,8 @@ __all__ = [
     "fold_gates",
     "set_gates_",
     "Group",
+    "LayerKind",
+    "TracedLayer",
     "GroupTable",
     "NotPreservedError",
     "RuleContext",
@@ -55,8 +60,11 @@ __all__ = [
     "WidenReport",
     "check_preserved",
     "groups",
+    "register_kind",
     "register_layer",
     "register_op",
+    "unregister_kind",
     "unregister_layer",
+    "unregister_op",
     "widen",
 ]

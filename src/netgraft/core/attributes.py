@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import EXTENSION_HINT, UnsupportedModelError
+from .layers import kind_of
 
 
 def _weight_shape(m: nn.Module, name: str = "weight") -> tuple[int, ...] | None:
@@ -18,26 +19,13 @@ def _weight_shape(m: nn.Module, name: str = "weight") -> tuple[int, ...] | None:
 
 
 def check_attributes(model: nn.Module) -> None:
-    """A stale attribute (in_features that no longer matches the weight) would be a silent bug: refuse instead."""
+    """A stale attribute (in_features that no longer matches the weight) would be a silent bug: refuse instead. Each
+    layer's kind says which attributes must agree with its weights (`LayerKind.attribute_checks`)."""
     for name, m in model.named_modules():
-        w = _weight_shape(m)
-        checks: list[tuple[str, int, int]] = []
-        if isinstance(m, nn.Linear) and w:
-            checks = [("in_features", m.in_features, w[1]), ("out_features", m.out_features, w[0])]
-        elif isinstance(m, nn.modules.conv._ConvNd) and w:
-            cin = w[0] if m.transposed else w[1] * m.groups
-            cout = w[1] * m.groups if m.transposed else w[0]
-            checks = [("in_channels", m.in_channels, cin), ("out_channels", m.out_channels, cout)]
-        elif isinstance(m, nn.modules.batchnorm._NormBase) and w:
-            checks = [("num_features", m.num_features, w[0])]
-        elif isinstance(m, nn.Embedding) and w:
-            checks = [("embedding_dim", m.embedding_dim, w[1])]
-        elif isinstance(m, nn.GroupNorm) and w:
-            checks = [("num_channels", m.num_channels, w[0])]
-        elif isinstance(m, nn.MultiheadAttention):
-            wo = _weight_shape(m.out_proj)
-            checks = [("embed_dim", m.embed_dim, wo[0]), ("num_heads*head_dim", m.num_heads * m.head_dim, wo[1])]
-        for attr, have, want in checks:
+        kind = kind_of(m)
+        if kind is None:
+            continue
+        for attr, have, want in kind.attribute_checks(m, _weight_shape):
             if have != want:
                 raise UnsupportedModelError(
                     f"{type(m).__name__} '{name}'.{attr} would stay {have} while its weight becomes {want}: the module "

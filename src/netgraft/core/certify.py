@@ -32,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from ..errors import UnsupportedModelError
+from .catalogue import FAST_PATH_MODULES
 from .probes import Probe
 from .state import call_model, flat_outputs, module_paths, run_mode
 
@@ -398,8 +399,7 @@ def cached_decoding(source: nn.Module, result: nn.Module, inputs: Any, *, float3
 # Modules with a fused inference fast path that a TorchFunctionMode (the trace, the path check) switches off: with
 # padding masks the fast path returns zeros where the slow path returns values, so their reference must come from a
 # plain run.
-_FAST_PATH_MODULES = (nn.TransformerEncoder, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
-                      nn.MultiheadAttention)
+_FAST_PATH_MODULES = FAST_PATH_MODULES
 
 
 @dataclass

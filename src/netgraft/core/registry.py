@@ -29,62 +29,164 @@ from torch import nn
 
 from ..errors import InvalidRequestError
 from . import space as sp
+from .catalogue import VIEWS
 from .graph import COPY, FANIN, AttrSetter, Link, OpRecord, Producer, Trace, Value, _flat_tensors
 from .space import Space
 
 Rule = Callable[["RuleContext"], None]
 
-_OP_RULES: dict[Any, Rule] = {}
-_OP_RULES_BY_NAME: dict[str, Rule] = {}
-_LAYER_RULES: dict[type, Rule] = {}
+
+class Table:
+    """A registry table in which a registration can be undone: registering over an entry keeps the one it replaces,
+    and removing the newer entry puts the older one back (a rule overridden for a while, by a user or a test, leaves
+    the built-in rule as it was)."""
+
+    def __init__(self) -> None:
+        self._stacks: dict[Any, list[Any]] = {}
+
+    def add(self, key: Any, value: Any) -> None:
+        self._stacks.setdefault(key, []).append(value)
+
+    def remove(self, key: Any) -> bool:
+        """Drop the newest entry for `key` (the one before it, if any, is in force again); False if there is none."""
+        stack = self._stacks.get(key)
+        if not stack:
+            return False
+        stack.pop()
+        if not stack:
+            del self._stacks[key]
+        return True
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        stack = self._stacks.get(key)
+        return stack[-1] if stack else default
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._stacks
+
+    def __bool__(self) -> bool:
+        return bool(self._stacks)
+
+    def items(self) -> list[tuple[Any, Any]]:
+        return [(k, v[-1]) for k, v in self._stacks.items()]
+
+
+_OP_RULES = Table()  # torch function object -> rule
+_OP_RULES_BY_NAME = Table()  # op name (`op_name`) -> rule
+_LAYER_RULES = Table()  # module type -> rule
 
 
 def register_op(*funcs: Any, names: Sequence[str] = ()) -> Callable[[Rule], Rule]:
     """Register a rule for torch functions (objects such as ``torch.nn.functional.linear``) or op names.
 
     Names match ``func.__name__`` with dunders and a trailing ``_`` stripped, so ``"add"`` covers ``torch.add``,
-    ``Tensor.add``, ``Tensor.add_``, ``Tensor.__add__``, ``__radd__`` and ``__iadd__``.
+    ``Tensor.add``, ``Tensor.add_``, ``Tensor.__add__``, ``__radd__`` and ``__iadd__``. A rule for a function object
+    wins over a rule for its name; a rule registered over another replaces it until `unregister_op` removes it.
 
-    Example::
+    Example: ``torch.special.expit`` has no built-in rule, so the features it touches cannot grow; a rule saying
+    that it is element-wise lets them:
 
-        @netgraft.register_op(my_lib.fused_bias_gelu)
-        def _fused(ctx):
-            ctx.same_shape(ctx.inputs[0], ctx.outputs[0])
-            ctx.per_unit(ctx.inputs[1], 0, ctx.outputs[0].dim(-1))
+        >>> import torch, netgraft
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+        ...     def forward(self, x):
+        ...         return self.b(torch.special.expit(self.a(x)))
+        >>> x = (torch.randn(2, 3),)
+        >>> [g.name for g in netgraft.groups(Net(), x) if g.growable and g.name]
+        []
+        >>> @netgraft.register_op(torch.special.expit)
+        ... def _expit(ctx):  # x: S -> y: S, element-wise: each axis of y is the same axis of x
+        ...     ctx.same_shape(ctx.inputs[0], ctx.outputs[0])
+        >>> [g.name for g in netgraft.groups(Net(), x) if g.growable and g.name]
+        ['a']
+        >>> netgraft.unregister_op(torch.special.expit)
+        1
     """
 
     def deco(rule: Rule) -> Rule:
         for f in funcs:
-            _OP_RULES[f] = rule
+            _OP_RULES.add(f, rule)
         for n in names:
-            _OP_RULES_BY_NAME[n] = rule
+            _OP_RULES_BY_NAME.add(n, rule)
         return rule
 
     return deco
+
+
+def unregister_op(*funcs: Any, names: Sequence[str] = ()) -> int:
+    """Remove the newest rule registered for each function object and op name (with `register_op`): the rule it
+    replaced, if any (a built-in one), is in force again. Returns how many rules were removed.
+
+    Example:
+        >>> import torch, netgraft
+        >>> m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+        >>> x = (torch.randn(2, 3),)
+        >>> @netgraft.register_op(torch.tanh)
+        ... def _opaque(ctx):  # as if netgraft could not see what tanh does
+        ...     ctx.block_all("tanh is opaque in this example")
+        >>> [g.name for g in netgraft.groups(m, x) if g.growable and g.name]
+        []
+        >>> netgraft.unregister_op(torch.tanh)  # the built-in rule for 'tanh' applies again
+        1
+        >>> [g.name for g in netgraft.groups(m, x) if g.growable and g.name]
+        ['0']
+    """
+    return sum(_OP_RULES.remove(f) for f in funcs) + sum(_OP_RULES_BY_NAME.remove(n) for n in names)
 
 
 def register_layer(*module_types: type) -> Callable[[Rule], Rule]:
     """Register a rule for module types: such modules are traced as one op (their forward is not looked into).
 
-    Example::
+    Example: a layer whose forward calls an op netgraft has no rule for:
 
-        @netgraft.register_layer(MyScale)
-        def _my_scale(ctx):
-            ctx.same_shape(ctx.inputs[0], ctx.outputs[0])
-            ctx.per_unit(ctx.param("scale"), 0, ctx.inputs[0].dim(1))
+        >>> import torch, netgraft
+        >>> class Gain(torch.nn.Module):
+        ...     def __init__(self, n):
+        ...         super().__init__()
+        ...         self.gain = torch.nn.Parameter(torch.ones(n))
+        ...     def forward(self, x):
+        ...         return torch.ops.aten.mul.Tensor(x, self.gain)
+        >>> @netgraft.register_layer(Gain)
+        ... def _gain(ctx):  # x: (*, D)  gain: (D,) -> y: (*, D)
+        ...     ctx.same_shape(ctx.inputs[0], ctx.outputs[0])
+        ...     ctx.per_unit(ctx.param("gain"), 0, ctx.inputs[0].dim(-1))  # gain[i] belongs to feature i
+        >>> m = torch.nn.Sequential(torch.nn.Linear(3, 4), Gain(4), torch.nn.Linear(4, 2))
+        >>> netgraft.widen(m, {"0": 6}, example_inputs=(torch.randn(2, 3),))[1].gain.shape
+        torch.Size([6])
+        >>> netgraft.unregister_layer(Gain)
+        1
     """
 
     def deco(rule: Rule) -> Rule:
         for t in module_types:
-            _LAYER_RULES[t] = rule
+            _LAYER_RULES.add(t, rule)
         return rule
 
     return deco
 
 
-def unregister_layer(module_type: type) -> None:
-    """Remove a layer rule (mainly for tests)."""
-    _LAYER_RULES.pop(module_type, None)
+def unregister_layer(*module_types: type) -> int:
+    """Remove the newest layer rule registered for each module type (with `register_layer`); such modules are then
+    traced through their forward again. Returns how many rules were removed.
+
+    Example:
+        >>> import torch, netgraft
+        >>> @netgraft.register_layer(torch.nn.Identity)
+        ... def _identity(ctx):  # x: S -> y: S
+        ...     ctx.same_shape(ctx.inputs[0], ctx.outputs[0])
+        >>> netgraft.unregister_layer(torch.nn.Identity)
+        1
+        >>> netgraft.unregister_layer(torch.nn.Identity)  # nothing left to remove
+        0
+    """
+    return sum(_LAYER_RULES.remove(t) for t in module_types)
+
+
+def has_op_rule(func: Any = None, name: str | None = None) -> bool:
+    """True if a rule is registered for the function object `func` or the op name `name`."""
+    return (func is not None and func in _OP_RULES) or (name is not None and name in _OP_RULES_BY_NAME)
 
 
 def layer_rule_for(module: nn.Module) -> Rule | None:
@@ -294,9 +396,7 @@ def dispatch_op(trace: Trace, func: Any, args: tuple, kwargs: dict, out: Any) ->
 
 # Ops whose output is a view or copy of their input: a parameter stays a parameter through them, so a rule further
 # on (F.linear(x, self.w.t()), x + self.pos[:, :T]) can still say how each of its axes is used.
-_ALIAS_OPS = set("""getitem view reshape flatten unflatten squeeze unsqueeze permute transpose t T mT swapaxes swapdims
-movedim expand expand_as broadcast_to contiguous clone detach to float double half bfloat16 type type_as narrow select
-data""".split())
+_ALIAS_OPS = VIEWS
 
 
 def _alias(src: Value, out: Value) -> None:

@@ -27,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..errors import UnsupportedModelError
+from .catalogue import DROPOUT
 
 
 def _storage_key(t: torch.Tensor) -> int | None:
@@ -100,7 +101,7 @@ class _DropoutOff(TorchFunctionMode):
     (BatchNorm batch statistics, `if self.training` branches), with the same values in both models. Fused ops that
     drop out inside (attention's dropout_p, RReLU's random slopes) get their randomness switched off too."""
 
-    _DROPOUT = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"}
+    _DROPOUT = DROPOUT
     _ARG = {"scaled_dot_product_attention": (4, "dropout_p", 0.0),  # (position, keyword, value without randomness)
             "multi_head_attention_forward": (10, "dropout_p", 0.0), "rrelu": (3, "training", False)}
 

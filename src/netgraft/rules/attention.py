@@ -1,7 +1,8 @@
-"""Built-in rules for the functional forms of nn layers: linear, conv, norms, embedding, attention.
+"""Attention: coupling rules for `F.multi_head_attention_forward` (``nn.MultiheadAttention``: heads grow, head_dim is
+kept) and `F.scaled_dot_product_attention`, and the kind of ``nn.MultiheadAttention``.
 
-Rules work at the level of `torch.nn.functional` calls, so they cover `nn.Linear` and a custom module calling
-`F.linear(x, self.w)` alike. Module attributes (in_features, groups, num_heads...) are set from the same couplings.
+Rules work at the level of `torch.nn.functional` calls, so they cover the nn layer and a custom module calling the
+function alike. Module attributes (embed_dim, num_heads...) are set from the same couplings.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.graph import COPY, FANIN, Value
+from ..core.layers import LayerKind, ShapeOf, register_kind
 from ..core.registry import RuleContext, register_op
 from ..core.space import Space
 from .contract import contract
@@ -22,6 +24,8 @@ _MHA_ARGS = ("query key value embed_dim_to_check num_heads in_proj_weight in_pro
 
 @register_op(F.multi_head_attention_forward, names=["multi_head_attention_forward"])
 def _mha(ctx: RuleContext) -> None:
+    # q: (L, N, E) or (N, L, E), k/v: (S, N, E_k/E_v)  in_proj_weight: (3E, E) = 3 blocks x H heads x head_dim
+    # out_proj_weight: (E, H * head_dim) -> y: like q;  attention weights: (N, L, S), or (N, H, L, S) per head
     a = {n: ctx.arg(i, n) for i, n in enumerate(_MHA_ARGS)}
     h = int(a["num_heads"])
     q, k, v = (ctx.value(a[n]) for n in ("query", "key", "value"))
@@ -86,6 +90,7 @@ def _mha(ctx: RuleContext) -> None:
 
 @register_op(F.scaled_dot_product_attention, names=["scaled_dot_product_attention"])
 def _sdpa(ctx: RuleContext) -> None:
+    # q: (*B, L, E)  k: (*B, S, E)  v: (*B, S, E_v) -> y: (*B, L, E_v);  *B broadcast (batch, heads)
     q, k, v = (ctx.value(ctx.arg(i, n)) for i, n in enumerate(("query", "key", "value")))
     out = ctx.outputs[0]
     contract(ctx, q, -1, k, -1)
@@ -100,3 +105,25 @@ def _sdpa(ctx: RuleContext) -> None:
                 ctx.same(t.dims[i], out.dims[o])
             elif t.shape[i] > 1:
                 ctx.block(t.dims[i], "grouped-query attention heads")
+
+
+@register_kind(nn.MultiheadAttention)
+class MultiheadAttentionKind(LayerKind):
+    """``nn.MultiheadAttention``: fused q/k/v projection (3E, E) and out_proj (E, E), features last."""
+
+    ops = ("multi_head_attention_forward",)
+    features_last = True
+    creates_features = True
+    fan_in_scaled = True
+    zeroing = {"multi_head_attention_forward": (11, "out_proj_weight", 12, "out_proj_bias")}  # positions in _MHA_ARGS
+
+    def attribute_checks(self, module: nn.Module, shape_of: ShapeOf) -> list[tuple[str, int, int]]:
+        wo = shape_of(module.out_proj, "weight")
+        return [("embed_dim", module.embed_dim, wo[0]),
+                ("num_heads*head_dim", module.num_heads * module.head_dim, wo[1])]
+
+    def inject_leaf(self, module: nn.Module) -> tuple[str, tuple[int, ...]]:
+        return "attention", (module.embed_dim, module.embed_dim)
+
+    def channel_dims(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (0, 1)

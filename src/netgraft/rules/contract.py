@@ -1,4 +1,5 @@
-"""Built-in rules for tensor ops: elementwise, reshapes, permutes, cat/split, indexing, reductions, factories."""
+"""Coupling rules for contractions: matmul/mm/bmm, einsum, addmm, and `contract` (a product summed over one axis),
+which the linear and attention rules share."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def _free(ctx: RuleContext, v: Value, ax: int, space: Space) -> None:
 
 @register_op(names=["matmul", "mm", "bmm"])
 def _matmul(ctx: RuleContext) -> None:
+    # a: (*B, M, K)  b: (*B, K, N) -> y: (*B, M, N);  1-D a or b: that axis is dropped
     a, b, out = ctx.value(ctx.args[0]), ctx.value(ctx.args[1]), ctx.outputs[0]
     if len(a.shape) == 1 and len(b.shape) == 1:
         contract(ctx, a, 0, b, 0)
@@ -61,6 +63,7 @@ register_op(names=["size", "dim", "numel", "shape", "dtype", "device", "is_conti
 def _einsum(ctx: RuleContext) -> None:
     """Letters kept in the output are shared axes; letters summed away are contractions (a parameter absorbs the
     fan-in split; two activations summed over an axis fix it); a letter summed within one operand is a sum."""
+    # "ij,jk->ik": each letter is one axis; letters missing from the output are summed over
     eq = ctx.args[0].replace(" ", "")
     operands = ctx.args[1:]
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
@@ -97,6 +100,7 @@ def _einsum(ctx: RuleContext) -> None:
 @register_op(names=["addmm"])
 def _addmm(ctx: RuleContext) -> None:
     """addmm(bias, x, w) = bias + x @ w: the weight's first axis is summed over, its second is the output."""
+    # bias: (N,) or (M, N)  x: (M, K)  w: (K, N) -> y: (M, N)
     bias, x, w = (ctx.value(ctx.arg(i, n)) for i, n in enumerate(("input", "mat1", "mat2")))
     out = ctx.outputs[0]
     contract(ctx, x, -1, w, 0)

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import torch
 
+from ..core.catalogue import ACTIVATIONS, CASTS, COPIES, DROPOUT
 from ..core.graph import Value
 from ..core.registry import RuleContext, register_op
 
-UNARY = """relu relu6 gelu silu elu selu celu leaky_relu hardtanh hardswish hardsigmoid mish softplus softsign
-tanhshrink hardshrink softshrink sigmoid tanh logsigmoid exp exp2 expm1 log log1p log2 log10 abs neg negative sqrt
-rsqrt square sin cos reciprocal sign sgn floor ceil round trunc frac erf erfc erfinv
-nan_to_num dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout contiguous clone detach float
-double half bfloat16 to type type_as cpu cuda requires_grad data pos positive logical_not bitwise_not isnan
-isinf isfinite threshold rrelu detach_copy conj resolve_conj resolve_neg fill zero""".split()
+# Element-wise ops of one tensor: every axis of the output is the same axis of the input.
+UNARY = sorted((ACTIVATIONS - {"prelu"}) | DROPOUT | COPIES | CASTS | set("""softsign tanhshrink hardshrink softshrink
+logsigmoid threshold rrelu exp exp2 expm1 log log1p log2 log10 abs neg negative sqrt rsqrt square sin cos reciprocal
+sign sgn floor ceil round trunc frac erf erfc erfinv nan_to_num cpu cuda requires_grad pos positive logical_not
+bitwise_not isnan isinf isfinite detach_copy conj resolve_conj resolve_neg fill zero""".split()))
 
 BINARY = """add sub subtract rsub mul multiply div divide truediv true_divide floordiv floor_divide mod remainder fmod
 pow float_power maximum minimum fmax fmin atan2 eq ne lt le gt ge and or xor logical_and logical_or logical_xor
@@ -38,6 +38,7 @@ def broadcast(ctx: RuleContext, values: list[Value], out: Value) -> None:
 
 @register_op(names=UNARY)
 def _unary(ctx: RuleContext) -> None:
+    # x: S -> y: S (each output of x's shape; other outputs, such as nan_to_num's, are left alone)
     src = ctx.value(ctx.args[0]) if ctx.args and isinstance(ctx.args[0], torch.Tensor) else ctx.inputs[0]
     for out in ctx.outputs:
         if out.shape == src.shape:
@@ -46,12 +47,14 @@ def _unary(ctx: RuleContext) -> None:
 
 @register_op(names=BINARY)
 def _binary(ctx: RuleContext) -> None:
+    # a: A, b: B (broadcastable) -> y: broadcast(A, B)
     broadcast(ctx, ctx.inputs, ctx.outputs[0])  # every tensor argument, clamp's tensor bounds included
 
 
 @register_op(names=["triu", "tril"])
 def _triangle(ctx: RuleContext) -> None:
     """triu/tril keep entries by position on the last two axes: those axes cannot grow."""
+    # x: (*, M, N) -> y: (*, M, N)
     src, out = ctx.value(ctx.args[0]), ctx.outputs[0]
     ctx.same_shape(src, out)
     for d in (-1, -2):
@@ -61,6 +64,7 @@ def _triangle(ctx: RuleContext) -> None:
 
 @register_op(names=["prelu"])
 def _prelu(ctx: RuleContext) -> None:
+    # x: (N, C, *S) or (C,)  weight: (C,) or (1,) -> y: like x
     x, w = ctx.value(ctx.arg(0, "input")), ctx.value(ctx.arg(1, "weight"))
     ctx.same_shape(x, ctx.outputs[0])
     if w is not None and w.shape[0] > 1:
@@ -74,6 +78,7 @@ scalar_tensor new_zeros new_ones new_full new_empty new_tensor empty_strided ran
 
 @register_op(names=_FACTORIES)
 def _factory(ctx: RuleContext) -> None:
+    # (sizes given as numbers) -> y: sizes
     for out in ctx.outputs:
         for s in out.dims:
             if s.size > 1:
@@ -82,11 +87,13 @@ def _factory(ctx: RuleContext) -> None:
 
 @register_op(names="zeros_like ones_like empty_like full_like rand_like randn_like randint_like".split())
 def _like(ctx: RuleContext) -> None:
+    # x: S -> y: S
     ctx.same_shape(ctx.value(ctx.args[0]), ctx.outputs[0])
 
 
 @register_op(names=["glu"])
 def _glu(ctx: RuleContext) -> None:
+    # x: (*, 2D, *) -> y: (*, D, *): the two halves of axis `dim` are one axis
     src, out = ctx.value(ctx.args[0]), ctx.outputs[0]
     d = ctx.arg(1, "dim", -1) % len(src.shape)
     a, b = ctx.split_sum(src.dims[d], [src.shape[d] // 2] * 2)

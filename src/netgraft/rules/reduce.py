@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.catalogue import POOLS
 from ..core.registry import RuleContext, register_op
 from .pointwise import broadcast
 
@@ -16,6 +17,7 @@ _BREAKS = {"sum", "nansum", "prod", "norm", "logsumexp", "count_nonzero", "linal
 
 @register_op(names=sorted(_KEEPS_ANY | _KEEPS_UNIFORM | _BREAKS))
 def _reduce(ctx: RuleContext) -> None:
+    # x: (d_0, ..., d_n) -> y: x's shape without the reduced axes (kept as size 1 with keepdim=True)
     src = ctx.value(ctx.args[0])
     nd = len(src.shape)
     name = ctx.record.name
@@ -61,6 +63,7 @@ def _is_biased(ctx: RuleContext) -> bool:
 
 @register_op(names=["softmax", "log_softmax", "softmin", "normalize", "gumbel_softmax"])
 def _softmax(ctx: RuleContext) -> None:
+    # x: S -> y: S, normalised along `dim`
     src, out = ctx.value(ctx.args[0]), ctx.outputs[0]
     ctx.same_shape(src, out)
     d = ctx.arg(1, "dim")
@@ -80,6 +83,7 @@ _ALONG_AXIS = {"cumsum": (1, None), "cumprod": (1, None), "cummax": (1, None), "
 
 @register_op(names=sorted(_ALONG_AXIS))
 def _along_axis(ctx: RuleContext) -> None:
+    # x: S -> y: S (topk, kthvalue: `dim` shortened), mixed or reordered along `dim`
     src = ctx.value(ctx.args[0])
     name = ctx.record.name
     pos, default = _ALONG_AXIS[name]
@@ -96,15 +100,14 @@ def _along_axis(ctx: RuleContext) -> None:
             ctx.block(src.dims[d], f"'{name}' along this axis depends on which units exist")
 
 
-_POOL = """max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d
-adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d lp_pool1d lp_pool2d lp_pool3d
-max_pool1d_with_indices max_pool2d_with_indices max_pool3d_with_indices adaptive_max_pool1d_with_indices
-adaptive_max_pool2d_with_indices fractional_max_pool2d interpolate upsample
-upsample_nearest upsample_bilinear""".split()
+_POOL = sorted(POOLS | set("""lp_pool1d lp_pool2d lp_pool3d max_pool1d_with_indices max_pool2d_with_indices
+max_pool3d_with_indices adaptive_max_pool1d_with_indices adaptive_max_pool2d_with_indices fractional_max_pool2d
+interpolate upsample upsample_nearest upsample_bilinear""".split()))
 
 
 @register_op(names=_POOL)
 def _pool(ctx: RuleContext) -> None:
+    # x: (N, C, *S) -> y: (N, C, *S'), S' from the window (k spatial axes from the op's name)
     src = ctx.value(ctx.args[0])
     name = ctx.record.name
     k = 3 if "3d" in name else 2 if "2d" in name else 1 if "1d" in name else len(src.shape) - 2

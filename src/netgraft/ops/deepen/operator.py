@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ... import hf
+from ...core.catalogue import FUSED_FAST_PATH_LAYERS
 from ...core.certify import MODES, Certificate, Reference, audit, certify
 from ...core.clone import clone_module
 from ...core.graph import ModuleCall, Trace
@@ -28,7 +29,7 @@ from ...core.state import call_model, preserve_state, run_mode
 from ...core.trace import trace
 from ...errors import InvalidRequestError, NotPreservedError, UnsupportedModelError
 from ...hf.request import DEPTH_FIELDS, ConfigSizes
-from .build import Built, block_insert, identity_layer, make_identity_bn_, residual_insert
+from .build import Built, block_insert, identity_layer, make_identity_, residual_insert
 from .inserts import Deepened
 from .plan import IdentityForm, has_skip, identity_form, neighbourhood, zero_plan
 
@@ -160,16 +161,13 @@ def _template(tr: Trace, model: nn.Module, call: ModuleCall) -> ModuleCall:
                                 f"in '{parent or '<root>'}' keeps the shape; use kind='residual'")
 
 
-# Modules whose fused inference fast path reads their submodules' weights directly (torch's native transformer
-# kernels): an insert inside one would be skipped in eval mode under no_grad, so anchors inside them are refused.
-_FAST_PATH = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
-
-
 def _inside_fast_path(model: nn.Module, path: str) -> str | None:
+    """The module containing `path` whose fused inference fast path would skip an insert inside it (anchors there are
+    refused), or None."""
     parts = path.split(".")
     for i in range(1, len(parts)):
         prefix = ".".join(parts[:i])
-        if isinstance(model.get_submodule(prefix), _FAST_PATH):
+        if isinstance(model.get_submodule(prefix), FUSED_FAST_PATH_LAYERS):
             return prefix
     return None
 
@@ -357,7 +355,7 @@ def _calibrate(model: nn.Module, bns: list[tuple[nn.Module, bool]], data: Iterab
         bn.running_mean.copy_(mean)
         bn.running_var.copy_(var)
         if identity:  # gamma * (x - mean) / sqrt(var + eps) + beta == x
-            make_identity_bn_(bn)
+            make_identity_(bn)
     return batches
 
 
@@ -515,7 +513,7 @@ def _assemble(model: nn.Module, plans: list[_Planned], example_inputs: Any, dtyp
         p.build.module.train(model.get_submodule(p.point).training if p.point else model.training)
         for bn, identity in p.build.calibrate:
             if identity:
-                make_identity_bn_(bn)
+                make_identity_(bn)
     inserted = [p.build.module for p in plans]
     originals = list(dict(model.named_modules()).values())
     expected = _call_counts(model, originals, example_inputs)

@@ -15,29 +15,33 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ...core.catalogue import (
+    ACTIVATION_MODULES,
+    ACTIVATIONS,
+    ARITHMETIC,
+    CASTS,
+    CONCATS,
+    COPIES,
+    DIVISIONS,
+    IDEMPOTENT,
+    LINEAR_UNARY,
+    NORMS,
+    POOLS,
+    PRODUCTS,
+    SCALING_DROPOUT,
+    SUMS,
+    VIEWS,
+    at_zero,
+)
 from ...core.graph import ModuleCall, OpRecord, Trace, Value
+from ...core.layers import LayerKind, TracedLayer, kind_of_op, read_layer
 
-_LINEAR_OPS = {"linear", "addmm"}
-_CONV_OPS = {"conv1d": 1, "conv2d": 2, "conv3d": 3, "conv_transpose1d": 1, "conv_transpose2d": 2,
-             "conv_transpose3d": 3}
-# Ops that keep features last / channels first; used when no Linear/Conv is near the point.
-_LAST_AXIS_OPS = _LINEAR_OPS | {"layer_norm", "rms_norm", "embedding", "multi_head_attention_forward"}
-_FIRST_AXIS_OPS = {"batch_norm", "group_norm", "instance_norm"}
-_ACTIVATIONS = {"relu", "relu6", "hardtanh", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "mish",
-                "hardswish", "softplus", "selu", "celu"}
-_NORMS = {"batch_norm", "layer_norm", "rms_norm", "group_norm"}
-# f(0) = 0 for these element-wise or structural ops: a zero input gives a zero output.
-# relu/relu6 map 0 to 0 but have zero gradient there: a branch zeroed before them would never train.
-_ZERO_PRESERVING = {"dropout", "gelu", "silu", "tanh", "leaky_relu", "elu", "mish", "hardswish",
-                    "selu", "celu", "neg", "contiguous", "clone", "view", "reshape", "flatten", "unflatten", "permute",
-                    "transpose", "squeeze", "unsqueeze", "to", "getitem", "narrow", "select", "sum", "mean",
-                    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-                    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "float", "type_as"}
-_VIEWS = {"contiguous", "clone", "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze",
-          "to", "getitem", "narrow", "select", "detach", "float"}
-_NONNEG_POOLS = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-                 "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
-                 "adaptive_max_pool2d", "adaptive_max_pool3d", "dropout"}
+# Ops through which a value keeps its layout (which axis holds the features): element-wise ops, norms, pooling.
+# Views, transposes and flattens are not among them: a layer beyond one says nothing about this value's axes.
+_SAME_LAYOUT = ACTIVATIONS | NORMS | SCALING_DROPOUT | ARITHMETIC | COPIES | CASTS | POOLS
+# Ops through which a value stays inside the image of an idempotent activation: they only select, rearrange, cast or
+# average its elements (average pooling and dropout under conditions checked in `image_activation`).
+_KEEPS_IMAGE = VIEWS | POOLS | SCALING_DROPOUT
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class Activation:
 
     @property
     def idempotent(self) -> bool:
-        return self.name in ("relu", "relu6", "hardtanh")
+        return self.name in IDEMPOTENT
 
 
 def activation_of(op: OpRecord) -> Activation | None:
@@ -67,47 +71,9 @@ def activation_of(op: OpRecord) -> Activation | None:
         return Activation("leaky_relu", slope=float(op.arg(1, "negative_slope", 0.01)))
     if op.name == "gelu":
         return Activation("gelu", approximate=str(op.arg(1, "approximate", "none")))
-    if op.name in _ACTIVATIONS:
+    if op.name in ACTIVATION_MODULES:  # those deepen can rebuild, to imitate them in what it inserts
         return Activation(op.name)
     return None
-
-
-@dataclass
-class Layer:
-    """The Linear/Conv op that feeds an insertion point, with what an inserted layer must imitate."""
-
-    op: OpRecord
-    ndim: int  # 0 for Linear (features last), else number of spatial dims (channels first)
-    kernel: tuple[int, ...] = ()
-    stride: tuple[int, ...] = ()
-    dilation: tuple[int, ...] = ()
-    groups: int = 1
-
-
-def _tuple(v: object, n: int) -> tuple[int, ...]:
-    return tuple(int(x) for x in v) if isinstance(v, (tuple, list)) else (int(v),) * n  # type: ignore[arg-type]
-
-
-def layer_of(op: OpRecord) -> Layer | None:
-    if op.name in _LINEAR_OPS:
-        return Layer(op, 0)
-    nd = _CONV_OPS.get(op.name)
-    if nd is None:
-        return None
-    weight = op.arg(1, "weight")
-    kernel = tuple(weight.shape[2:]) if isinstance(weight, Value) else (1,) * nd
-    transposed = op.name.startswith("conv_transpose")
-    stride = _tuple(op.arg(3, "stride", 1), nd)
-    dilation = _tuple(op.arg(7 if transposed else 5, "dilation", 1), nd)
-    groups = int(op.arg(6, "groups", 1))  # position 6 in both conv and conv_transpose
-    return Layer(op, nd, kernel, stride, dilation, groups)
-
-
-# Ops through which a value keeps its layout (which axis holds the features): element-wise ops, norms, pooling.
-# Views, transposes and flattens are not among them: a layer beyond one says nothing about this value's axes.
-_SAME_LAYOUT = (_ACTIVATIONS | _NORMS | {"instance_norm", "dropout", "add", "sub", "mul", "div", "truediv", "neg",
-                                         "contiguous", "clone", "to", "float"}
-                | {f"{kind}_pool{d}d" for kind in ("max", "avg", "adaptive_avg", "adaptive_max") for d in (1, 2, 3)})
 
 
 def _around(value: Value, limit: int = 12) -> list[OpRecord]:
@@ -136,31 +102,39 @@ def _around(value: Value, limit: int = 12) -> list[OpRecord]:
 class Neighbourhood:
     """What surrounds an insertion point: the layer to imitate, the activation and norm to reuse."""
 
-    layer: Layer | None
+    layer: TracedLayer | None
     activation: Activation | None
     norm: OpRecord | None
     features_last: bool | None  # None: no layer or norm says where the feature axis is
     unit_norm: OpRecord | None = None  # a norm between the feeding layer and the point (conv -> BN -> ReLU)
 
 
+def deepen_norm(op: OpRecord) -> LayerKind | None:
+    """The kind of `op` if it is a norm deepen copies into what it inserts (BatchNorm, LayerNorm, RMSNorm,
+    GroupNorm), else None."""
+    kind = kind_of_op(op.name)
+    return kind if kind is not None and kind.deepen_norm else None
+
+
 def neighbourhood(value: Value) -> Neighbourhood:
     ops = _around(value)
-    layer = next((lay for op in ops if (lay := layer_of(op)) is not None), None)
+    layer = next((lay for op in ops if (lay := read_layer(op)) is not None), None)
     act = next((a for op in ops if (a := activation_of(op)) is not None), None)
-    norm = next((op for op in ops if op.name in _NORMS), None)
-    axis_op = next((op for op in ops if op.name in _LAST_AXIS_OPS | _FIRST_AXIS_OPS | set(_CONV_OPS)), None)
-    last = None if axis_op is None else axis_op.name in _LAST_AXIS_OPS
-    if layer is not None and (layer.ndim == 0) != last:
+    norm = next((op for op in ops if deepen_norm(op) is not None), None)
+    # the nearest layer or norm that says where the feature axis is: last (Linear, LayerNorm) or 1 (Conv, BatchNorm)
+    sides = (k.features_last for op in ops if (k := kind_of_op(op.name)) is not None)
+    layout = next((last for last in sides if last is not None), None)
+    if layer is not None and (layer.ndim == 0) != layout:
         layer = None  # the nearest layer's layout disagrees with the value's own: nothing to imitate
     unit_norm, v = None, value
     for _ in range(8):  # back along first inputs until the feeding layer
         op = v.producer
         if op is None or (layer is not None and op is layer.op) or not op.inputs:
             break
-        if op.name in _NORMS and unit_norm is None:
+        if deepen_norm(op) is not None and unit_norm is None:
             unit_norm = op
         v = op.inputs[0]
-    return Neighbourhood(layer, act, norm, last, unit_norm)
+    return Neighbourhood(layer, act, norm, layout, unit_norm)
 
 
 def image_activation(value: Value, depth: int = 8) -> Activation | None:
@@ -172,10 +146,10 @@ def image_activation(value: Value, depth: int = 8) -> Activation | None:
     produced = activation_of(op)
     if produced is not None:
         return produced if produced.idempotent else None
-    inner = image_activation(op.inputs[0], depth - 1) if op.inputs and op.name in _NONNEG_POOLS | _VIEWS else None
+    inner = image_activation(op.inputs[0], depth - 1) if op.inputs and op.name in _KEEPS_IMAGE else None
     if inner is None:
         return None
-    if op.name == "dropout" and not (inner.low in (0.0, -math.inf) and inner.high in (0.0, math.inf)):
+    if op.name in SCALING_DROPOUT and not (inner.low in (0.0, -math.inf) and inner.high in (0.0, math.inf)):
         return None  # training-mode dropout scales by 1/(1-p): only a cone like ReLU's image is kept
     if op.name.startswith("avg_pool") and (op.arg(6, "divisor_override") is not None or not
                                            inner.low <= 0.0 <= inner.high):
@@ -235,7 +209,8 @@ def identity_form(trace: Trace, anchor: ModuleCall) -> IdentityForm | str:
             if call is not None:  # a functional phi: insert [phi, layer, BN] before it; the model's phi closes it
                 return IdentityForm(call, nxt_act, True, via)
             break
-        if nxt is None or nxt.name not in ("batch_norm", "dropout") or not nxt.outputs:
+        bn = nxt is not None and (kind := kind_of_op(nxt.name)) is not None and kind.statistics_from_data
+        if nxt is None or not (bn or nxt.name in SCALING_DROPOUT) or not nxt.outputs:
             break
         value, via = nxt.outputs[0], f" (after the {nxt.name} that follows '{anchor.path}')"
     op = anchor.outputs[0].producer
@@ -266,11 +241,12 @@ def _param(v: object, owner: str) -> str | None:
     return None
 
 
-# (weight position, name, bias position, name) of ops whose output is exactly zero when weight and bias are zero
-_AFFINE_ARGS = {"linear": (1, "weight", 2, "bias"), "batch_norm": (3, "weight", 4, "bias"),
-                "layer_norm": (2, "weight", 3, "bias"), "group_norm": (2, "weight", 3, "bias"),
-                "rms_norm": (2, "weight", 0, ""),
-                "multi_head_attention_forward": (11, "out_proj_weight", 12, "out_proj_bias")}
+def _keeps_zero_live(op: OpRecord) -> bool:
+    """A zero input gives a zero output and the gradient still passes: a branch zeroed before the op trains. (ReLU
+    maps 0 to 0 but has derivative 0 there: a branch zeroed before it would never train.)"""
+    if op.name in VIEWS or op.name in POOLS or op.name in SCALING_DROPOUT or op.name in LINEAR_UNARY:
+        return True
+    return at_zero(op) == (True, True)
 
 
 def _zeroing(v: Value, owner: str, depth: int = 24) -> set[str] | None:
@@ -278,26 +254,27 @@ def _zeroing(v: Value, owner: str, depth: int = 24) -> set[str] | None:
     op = v.producer
     if op is None or depth == 0:
         return None
-    if op.name in _AFFINE_ARGS or op.name in _CONV_OPS:
-        wi, wn, bi, bn = _AFFINE_ARGS.get(op.name, (1, "weight", 2, "bias"))
+    kind = kind_of_op(op.name)
+    if kind is not None and op.name in kind.zeroing:  # a layer whose output is zero when its weight and bias are
+        wi, wn, bi, bn = kind.zeroing[op.name]
         weight, bias = op.arg(wi, wn), (op.arg(bi, bn) if bn else None)
         names = {_param(weight, owner), _param(bias, owner)}
         if _param(weight, owner) is None or (bias is not None and _param(bias, owner) is None):
             return None
         return {n for n in names if n is not None}
     tensors = [a for a in op.args if isinstance(a, Value)]
-    if op.name in _ZERO_PRESERVING and tensors:
+    if _keeps_zero_live(op) and tensors:
         return _zeroing(tensors[0], owner, depth - 1)
-    if op.name in ("mul", "matmul", "bmm", "einsum"):
+    if op.name in PRODUCTS:
         for a in op.inputs:
             if a.param is None and (found := _zeroing(a, owner, depth - 1)) is not None:
                 return found
         return None
-    if op.name in ("div", "truediv") and len(op.args) >= 2 and op.args[0] is (tensors[0] if tensors else None) \
+    if op.name in DIVISIONS and len(op.args) >= 2 and op.args[0] is (tensors[0] if tensors else None) \
             and isinstance(op.args[1], (int, float)) and op.args[1] != 0:
         return _zeroing(tensors[0], owner, depth - 1)  # 0 / c; never 0 / (a tensor that may be 0 too)
-    additive = op.name in ("add", "sub") and len(op.args) >= 2 and all(isinstance(a, Value) for a in op.args[:2])
-    if additive or op.name in ("cat", "stack"):
+    additive = op.name in SUMS and len(op.args) >= 2 and all(isinstance(a, Value) for a in op.args[:2])
+    if additive or op.name in CONCATS:
         found: set[str] = set()
         for a in op.inputs:
             part = _zeroing(a, owner, depth - 1)
@@ -315,9 +292,9 @@ def _identity_of(v: Value, x: Value, owner: str, out: set[str], bound: Activatio
     op = v.producer
     if op is None or depth == 0:
         return False
-    if op.name in ("contiguous", "clone", "detach") and op.inputs:
+    if op.name in COPIES and op.inputs:
         return _identity_of(op.inputs[0], x, owner, out, bound, depth - 1)
-    if op.name in ("add", "sub") and len(op.args) >= 2 and all(isinstance(a, Value) for a in op.args[:2]):
+    if op.name in SUMS and len(op.args) >= 2 and all(isinstance(a, Value) for a in op.args[:2]):
         first, second = op.args[0], op.args[1]
         alpha = op.arg(2, "alpha", 1)  # torch.add(a, b, alpha=k) is a + k * b: only b may be the zero branch
         orders = [(first, second), (second, first)] if op.name == "add" and alpha == 1 else [(first, second)]
@@ -347,7 +324,7 @@ def has_skip(call: ModuleCall, limit: int = 200) -> bool:
         if op is None or id(op) in seen:
             continue
         seen.add(id(op))
-        if op.name in ("add", "sub") and any(a is x for a in op.args[:2]):
+        if op.name in SUMS and any(a is x for a in op.args[:2]):
             return True
         frontier.extend(a for a in op.inputs if a.param is None)
     return False
@@ -364,5 +341,5 @@ def zero_plan(template: ModuleCall, received: Value) -> ZeroPlan:
         return ZeroPlan(out)
     last = template.outputs[0].producer
     tail = f"its output comes from '{last.name}'" if last is not None else "its output is not computed by an op"
-    post = " (post-norm: it normalises after the residual add)" if last is not None and last.name in _NORMS else ""
+    post = " (post-norm: it normalises after the residual add)" if last is not None and deepen_norm(last) else ""
     return ZeroPlan(reason=f"its output is not x + branch(x) with a zeroable branch; {tail}{post}")

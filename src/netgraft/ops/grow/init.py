@@ -13,25 +13,38 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...core import space as sp
+from ...core.catalogue import (
+    ACTIVATIONS,
+    ADAPTIVE_AVG_POOLS,
+    CASTS,
+    CHANNEL_NORMS,
+    CONCATS,
+    COPIES,
+    DIVISIONS,
+    DROPOUT,
+    LINEAR_UNARY,
+    PRODUCTS,
+    SPLITS,
+    SUMS,
+    VIEWS,
+    at_zero,
+)
 from ...core.coupling import Coupling, Group
-from ...core.graph import COPY, FANIN, Value
+from ...core.graph import COPY, FANIN, OpRecord, Value
+from ...core.layers import LayerKind, kind_of, kind_of_op
 from ...core.state import preserve_state
 from ...core.trace import owner_of
 from ...errors import InvalidRequestError
 
-# Ops a new unit may cross between its writer and the next layer: identity units keep its value at zero.
-_ELEMENTWISE = {"relu", "relu6", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "hardtanh", "elu", "selu", "celu",
-                "softplus", "mish", "hardswish", "hardsigmoid", "prelu", "dropout", "alpha_dropout", "dropout1d",
-                "dropout2d", "dropout3d", "feature_alpha_dropout", "batch_norm", "group_norm", "instance_norm",
-                "contiguous", "clone"}
-_POOL = {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "mean", "flatten", "view", "reshape", "squeeze"}
-# Activations whose autograd derivative is 0 at 0: a zero fan-in unit behind them never receives a gradient.
-_DEAD_AT_ZERO = {"relu", "relu6"}
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+# Ops a new unit may cross between its writer and the next layer: with identity units in the per-channel norms
+# (`identity_value`) its value stays zero, and GradMax's matrix is measured as if each were the identity.
+_IDENTITY_PATH = ACTIVATIONS | DROPOUT | CHANNEL_NORMS | COPIES | CASTS
+# A global average pool between a conv writer and a Linear, and the reshapes that drop its 1x1 axes.
+_GLOBAL_AVERAGE = ADAPTIVE_AVG_POOLS | {"mean"}
+_POOLED_PATH = _GLOBAL_AVERAGE | {"flatten", "view", "reshape", "squeeze"}
 
 
 @dataclass
@@ -116,41 +129,30 @@ def _path(coupling: Coupling, writers: list[tuple[str, int]], ids: set[int]) -> 
             if carried:
                 names.append(op.name)
                 todo.extend(carried)
-                if op.name in _DEAD_AT_ZERO or (op.name == "hardtanh" and _num(op.arg(1, "min_val", -1.0)) >= 0):
+                if _dead_at_zero(op):
                     dead.append("relu6" if op.name == "hardtanh" else op.name)  # ReLU6 is traced as hardtanh(0, 6)
     return names, dead
 
 
-def _num(x: object) -> float:
-    return float(x) if isinstance(x, (int, float)) else -1.0
+def _dead_at_zero(op: OpRecord) -> bool:
+    """An activation with derivative 0 at 0 (ReLU, ReLU6, Hardtanh(0, x)): a zero fan-in unit behind it never moves.
+    (Gated products are analysed on their own, with `_at_zero`.)"""
+    known = at_zero(op)
+    return known is not None and not known[1]
 
 
 # ------------------------------------------------------------------------------------------ gated products
-# What a unary op does to a new unit whose value is 0: (f(0) == 0, f'(0) != 0) as PyTorch computes them. Ops not
-# listed are unknown: their value at 0 is not assumed, their gradient is assumed to pass.
-_SHAPE_OPS = {"contiguous", "clone", "to", "float", "half", "bfloat16", "double", "type_as", "view", "reshape",
-              "flatten", "unflatten", "permute", "transpose", "t", "squeeze", "unsqueeze", "expand", "getitem",
-              "narrow", "select", "split", "chunk", "unbind", "movedim", "dropout", "alpha_dropout", "dropout1d",
-              "dropout2d", "dropout3d", "feature_alpha_dropout", "neg", "batch_norm", "group_norm", "instance_norm"}
-_AT_ZERO: dict[str, tuple[bool, bool]] = {
-    **{n: (True, True) for n in _SHAPE_OPS},
-    **{n: (True, True) for n in ("gelu", "silu", "tanh", "elu", "selu", "celu", "mish", "hardswish", "prelu",
-                                 "sin", "atan", "asinh", "softsign")},
-    "relu": (True, False), "relu6": (True, False),
-    **{n: (False, True) for n in ("sigmoid", "hardsigmoid", "softplus", "exp", "logsigmoid")},
-}
-# Ops whose output is 0 wherever all their inputs that carry the new units are 0.
-_ZERO_IN_ZERO_OUT = {"add", "sub", "cat", "concat", "stack", "matmul", "bmm", "einsum", "sum", "mean", "pad"}
+# The new units' value at growth: what a unary op does to a unit whose value is 0 is (f(0) == 0, f'(0) != 0) as
+# PyTorch computes it. Shape ops, dropout, negation and the per-channel norms (identity units there) pass 0 and its
+# gradient; activations are in the catalogue (`at_zero`). Ops not known: value not assumed, gradient assumed to pass.
+_SHAPE_OPS = VIEWS | SPLITS | DROPOUT | CHANNEL_NORMS | {"neg"}
+# Ops whose output is 0 wherever all their inputs that carry the new units are 0 (pad: with its default value 0).
+_ZERO_IN_ZERO_OUT = SUMS | CONCATS | PRODUCTS | LINEAR_UNARY | {"pad"}
 _Z, _N, _U = "zero", "nonzero", "unknown"  # the value a new unit takes at growth
 
 
-def _at_zero(op) -> tuple[bool, bool] | None:  # noqa: ANN001
-    if op.name == "leaky_relu":
-        return True, _num(op.arg(1, "negative_slope", 0.01)) != 0
-    if op.name == "hardtanh":
-        lo, hi = _num(op.arg(1, "min_val", -1.0)), _num(op.arg(2, "max_val", 1.0))
-        return min(max(0.0, lo), hi) == 0, lo < 0 < hi
-    return _AT_ZERO.get(op.name)
+def _at_zero(op: OpRecord) -> tuple[bool, bool] | None:
+    return (True, True) if op.name in _SHAPE_OPS else at_zero(op)
 
 
 class _Flow:
@@ -206,7 +208,7 @@ class _Flow:
         none: frozenset = frozenset()
         if len(ins) == 1:
             z, live = ins[0]
-            if op.name == "mul" or (op.name in ("div", "truediv") and op.inputs and id(op.inputs[0]) in state):
+            if op.name == "mul" or (op.name in DIVISIONS and op.inputs and id(op.inputs[0]) in state):
                 return z, live  # scaled by something that does not carry the new units (assumed nonzero)
             known = _at_zero(op)
             if known is None:
@@ -225,7 +227,7 @@ class _Flow:
         if not rest:
             return _Z, live
         # one nonzero term among zeros stays nonzero (a sum of two nonzero terms may cancel)
-        return (_N if rest == [_N] and op.name in ("add", "sub", "cat", "concat", "stack") else _U), live
+        return (_N if rest == [_N] and op.name in SUMS | CONCATS else _U), live
 
     def outcome(self, random: set) -> tuple[bool, bool, bool]:  # noqa: ANN001
         """With the writer weights in `random` given a random fan-in: (exact, whether every writer's new fan-in gets
@@ -330,25 +332,18 @@ def random_fan_in(t: torch.Tensor, axis: int, n_new: int, generator: torch.Gener
 
 def identity_value(model: nn.Module, name: str, old: torch.Tensor, axis: int,
                    bn_weight: float | None = 1.0) -> torch.Tensor | float:
-    """The value of a pass-through layer's parameter for a new unit: the unit stays zero and gradients pass.
+    """The value of a pass-through layer's parameter for a new unit: the unit stays zero and gradients pass (a bias or
+    a mean is 0, a variance 1; a layer's own kind says the rest: a norm's gain, a depthwise conv's Dirac filter).
     `bn_weight`: gamma of a new BatchNorm channel (None: sqrt(eps))."""
     module, attr = owner_of(model, name)
     if attr in ("bias", "running_mean") or attr.endswith("bias"):
         return 0.0
     if attr == "running_var":
         return 1.0
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and attr == "weight":
-        # A channel that is constantly 0 has batch variance 0: train-mode BN scales its gradient by gamma/sqrt(eps)
-        # (x316 for eps = 1e-5). gamma = 1 (default: an identity unit in eval mode) lets the unit reach full scale
-        # after its first step (measured: much lower loss with Adam, which normalises the step); gamma = sqrt(eps)
-        # keeps the first gradient unamplified (safer with plain SGD) but leaves the unit tiny until gamma learns.
-        return math.sqrt(module.eps) if bn_weight is None else float(bn_weight)
-    if isinstance(module, _NORMS) and attr == "weight":
-        return 1.0
-    if isinstance(module, nn.modules.conv._ConvNd) and attr == "weight" and module.groups > 1 and axis == 0:
-        k = torch.zeros_like(old.narrow(0, 0, 1))  # Dirac kernel: the depthwise filter passes its input through
-        k[(0, 0, *[s // 2 for s in old.shape[2:]])] = 1.0
-        return k
+    kind = kind_of(module)
+    value = kind.identity_unit(module, attr, old, axis, bn_weight) if kind is not None else None
+    if value is not None:
+        return value
     return old.mean(dim=axis, keepdim=True)  # a per-unit scale of some custom layer: a typical unit's value
 
 
@@ -360,46 +355,19 @@ def _single(items: list[tuple[str, int]], what: str, plan: GroupPlan) -> tuple[s
     return items[0]
 
 
-def _layer(model: nn.Module, name: str, axis: int, want_axis: int, plan: GroupPlan) -> nn.Module:
+def _layer(model: nn.Module, name: str, axis: int, side: str, plan: GroupPlan) -> tuple[nn.Module, LayerKind]:
+    """The module holding weight `name`, the writer of the new units (`side` "writer": they are its rows, axis 0) or
+    the next layer (their fan-out: axis 1), and its kind, if GradMax can measure through it."""
     module, attr = owner_of(model, name)
-    ok = attr == "weight" and axis == want_axis and (
-        isinstance(module, nn.Linear) or (isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1))
-    if not ok:
+    kind = kind_of(module)
+    problem = kind.gradmax_problem(module, side) if kind is not None else f"{type(module).__name__} is not a layer"
+    if attr != "weight" or axis != (0 if side == "writer" else 1) or problem is not None:
+        why = f": {problem}" if attr == "weight" and problem is not None else ""
         raise InvalidRequestError(f"grow_(init='gradmax') supports Linear and Conv1d/Conv2d (groups=1) on both sides "
                                   "of the "
-                         f"grown dimension; '{plan.key}' has '{name}' ({type(module).__name__}, axis {axis}). Use "
+                         f"grown dimension; '{plan.key}' has '{name}' ({type(module).__name__}, axis {axis}){why}. Use "
                          f"init='random', 'zeros' or 'net2net' for this dimension")
-    return module
-
-
-def _unfold(h: torch.Tensor, conv: nn.Module) -> torch.Tensor:
-    """Patches of the conv's input: (B, C_in * prod(kernel), positions)."""
-    if isinstance(conv, nn.Conv1d):
-        h = h.unsqueeze(2)
-        k, d, p, s = (1, *conv.kernel_size), (1, *conv.dilation), (0, *conv.padding), (1, *conv.stride)
-    else:
-        k, d, p, s = conv.kernel_size, conv.dilation, conv.padding, conv.stride
-    if isinstance(p, str):
-        raise InvalidRequestError(f"grow_(init='gradmax'): padding='{p}' is not supported; use integer padding")
-    if conv.padding_mode != "zeros":
-        raise InvalidRequestError(f"grow_(init='gradmax'): padding_mode='{conv.padding_mode}' is not supported")
-    return F.unfold(h, k, dilation=d, padding=p, stride=s)
-
-
-def _adjoint_patches(g: torch.Tensor, conv: nn.Module, spatial: tuple[int, ...]) -> torch.Tensor:
-    """For every basis fan-out kernel e_j (j = (c_out, tap)), dL/d(new unit) at each position of the unit's map:
-    the transposed convolution of the output gradient with e_j. Shape (B, C_out * prod(kernel), positions)."""
-    c_out, taps = conv.out_channels, math.prod(conv.kernel_size)
-    eye = torch.eye(c_out * taps, dtype=g.dtype, device=g.device)  # basis[c, j, t] = 1 iff j = c * taps + t
-    basis = eye.reshape(c_out, taps, c_out * taps).transpose(1, 2).reshape(c_out, c_out * taps, *conv.kernel_size)
-    fn = F.conv_transpose1d if isinstance(conv, nn.Conv1d) else F.conv_transpose2d
-    out = fn(g, basis, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
-    pads = [s - o for s, o in zip(spatial, out.shape[2:], strict=True)]
-    if any(p < 0 for p in pads):
-        raise InvalidRequestError("grow_(init='gradmax'): the next layer's geometry does not match the grown layer's "
-                                  "map")
-    pad = [x for p in reversed(pads) for x in (0, p)]  # output_padding: positions no output reads get no gradient
-    return F.pad(out, pad).flatten(2)
+    return module, kind
 
 
 def _inputs_and_grad(model: nn.Module, loss_fn, batch, inputs_of: dict[str, nn.Module],  # noqa: ANN001
@@ -427,26 +395,26 @@ def _inputs_and_grad(model: nn.Module, loss_fn, batch, inputs_of: dict[str, nn.M
 
 def gradmax_matrix(model: nn.Module, plan: GroupPlan, loss_fn, batch) -> torch.Tensor:  # noqa: ANN001
     """M = sum over the batch of dL/dz_{l+1} h_{l-1}^T (fan-out size x fan-in size), measured on `batch` without
-    touching .grad, RNG streams or BatchNorm statistics. Layers between are identity units, f'(0) is 1 (see grow_)."""
+    touching .grad, RNG streams or BatchNorm statistics. Layers between are identity units, f'(0) is 1 (see grow_).
+    The writer's and the next layer's kinds supply the algebra: position by position for a Linear, input patches and
+    the adjoint for a convolution."""
     tensors = dict(model.named_parameters())
     w_name, w_axis = _single([k for k in plan.writers if tensors.get(k[0]) is not None and tensors[k[0]].dim() >= 2],
                              "writer", plan)
     c_name, c_axis = _single(plan.consumers, "next", plan)
-    writer = _layer(model, w_name, w_axis, 0, plan)
-    consumer = _layer(model, c_name, c_axis, 1, plan)
+    writer, w_kind = _layer(model, w_name, w_axis, "writer", plan)
+    consumer, c_kind = _layer(model, c_name, c_axis, "next", plan)
     layouts = {m.layout for m in plan.group.members if (m.tensor, m.axis) in {(w_name, w_axis), (c_name, c_axis)}}
     if plan.group.unit != 1 or layouts - {""}:
         raise InvalidRequestError(f"grow_(init='gradmax'): '{plan.key}' grows in blocks of units (a GroupNorm's "
                                   "groups, "
                          f"heads or a flattened map); use init='random', 'zeros' or 'net2net' for this dimension")
-    if isinstance(consumer.padding, str) if isinstance(consumer, nn.modules.conv._ConvNd) else False:
-        raise InvalidRequestError(f"grow_(init='gradmax'): '{c_name}' has padding='{consumer.padding}'; use integer "
-                                  "padding")
-    pooled = isinstance(consumer, nn.Linear) and not isinstance(writer, nn.Linear)
+    pooled = not c_kind.spatial and w_kind.spatial
     # a depthwise conv in between is a Dirac identity unit, but only a 1x1 map reaches a pooled Linear unchanged
-    allowed = _ELEMENTWISE | (_POOL if pooled else {"conv1d", "conv2d"})
+    passthrough = {n for n in plan.path_ops if (k := kind_of_op(n)) is not None and n in k.gradmax_passthrough_ops}
+    allowed = _IDENTITY_PATH | (_POOLED_PATH if pooled else passthrough)
     odd = [n for n in plan.path_ops if n not in allowed]
-    if pooled and not {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "mean"} & set(plan.path_ops):
+    if pooled and not _GLOBAL_AVERAGE & set(plan.path_ops):
         odd = odd or ["flatten (no global average pooling)"]
     if odd:
         raise InvalidRequestError(f"grow_(init='gradmax'): between '{w_name}' and '{c_name}' the units pass through "
@@ -455,12 +423,12 @@ def gradmax_matrix(model: nn.Module, plan: GroupPlan, loss_fn, batch) -> torch.T
     (h, x), g = _inputs_and_grad(model, loss_fn, batch, {w_name: writer, c_name: consumer}, consumer)
     # g is the gradient of the loss itself (a batch mean already), so M sums: M^T v is exactly the new fan-in's
     # gradient for fan-out v (with f'(0) = 1)
-    if isinstance(writer, nn.Linear):
-        if not isinstance(consumer, nn.Linear) or h.shape[:-1] != x.shape[:-1]:
+    if not w_kind.spatial:
+        if c_kind.spatial or h.shape[:-1] != x.shape[:-1]:
             raise InvalidRequestError(f"grow_(init='gradmax'): '{w_name}' (Linear) must feed '{c_name}' (Linear) "
                                       "directly")
         return g.reshape(-1, g.shape[-1]).T @ h.reshape(-1, h.shape[-1])
-    patches = _unfold(h, writer)  # (B, D_in, P)
+    patches = w_kind.gradmax_patches(writer, h)  # (B, D_in, P)
     if pooled:  # global average pooling in between (checked on the path above)
         if x.dim() != 2:
             raise InvalidRequestError(f"grow_(init='gradmax'): '{c_name}' reads the conv map flattened; only global "
@@ -475,7 +443,7 @@ def gradmax_matrix(model: nn.Module, plan: GroupPlan, loss_fn, batch) -> torch.T
         raise InvalidRequestError(f"grow_(init='gradmax'): '{c_name}' does not read '{w_name}''s map at its own "
                                   "resolution "
                          f"(a pooling or strided op in between)")
-    adj = _adjoint_patches(g, consumer, tuple(spatial))  # (B, D_out, P)
+    adj = c_kind.gradmax_adjoint(consumer, g, tuple(spatial))  # (B, D_out, P)
     return torch.einsum("bop,bip->oi", adj, patches)
 
 
@@ -501,9 +469,10 @@ def gated_directions(model: nn.Module, plan: GroupPlan, loss_fn, batch, random_r
                          f"'net2net'")
     (z_name, z_axis), (r_name, r_axis) = gating.zero[0], gating.random[0]
     c_name, c_axis = _single(plan.consumers, "next", plan)
-    zero_w, rand_w = _layer(model, z_name, z_axis, 0, plan), _layer(model, r_name, r_axis, 0, plan)
-    consumer = _layer(model, c_name, c_axis, 1, plan)
-    if not all(isinstance(m, nn.Linear) for m in (zero_w, rand_w, consumer)):
+    (zero_w, z_kind), (rand_w, r_kind) = _layer(model, z_name, z_axis, "writer", plan), \
+        _layer(model, r_name, r_axis, "writer", plan)
+    consumer, c_kind = _layer(model, c_name, c_axis, "next", plan)
+    if any(k.spatial for k in (z_kind, r_kind, c_kind)):
         raise InvalidRequestError(f"grow_(init='gradmax'): the gated product of '{plan.key}' is supported between "
                                   "Linear "
                          f"layers only; use init='random' or 'net2net' for this dimension")
@@ -511,7 +480,7 @@ def gated_directions(model: nn.Module, plan: GroupPlan, loss_fn, batch, random_r
         raise InvalidRequestError(f"grow_(init='gradmax'): '{plan.key}' grows in blocks of units; use init='random', "
                                   "'zeros' "
                          f"or 'net2net' for this dimension")
-    odd = [n for n in plan.path_ops if n not in _ELEMENTWISE | _SHAPE_OPS | {"mul"}]
+    odd = [n for n in plan.path_ops if n not in _IDENTITY_PATH | _SHAPE_OPS | {"mul"}]
     if odd:
         raise InvalidRequestError(f"grow_(init='gradmax'): between the gated product's writers and '{c_name}' the "
                                   "units pass "

@@ -1,11 +1,12 @@
 """Matching step of `inject` (TLI / DPIAT): which source layer seeds which target layer.
 
-A model becomes a tree: leaves are layers (modules that own parameters: Linear, ConvNd, norms, Embedding,
-MultiheadAttention, or any module with parameters of its own), inner nodes are blocks (the module tree), children in
-execution order when example inputs were traced. Two child sequences are aligned by dynamic programming, DPIAT style:
-skip a source item, skip a target item, or let one source item seed a contiguous run of k target items (score summed
-and damped by 1/sqrt(k), so a deeper target reuses source layers). Leaves score the product over dimensions of
-min(a/b, b/a) of their weight shapes (0 across layer kinds); blocks score their own alignment, recursively.
+A model becomes a tree: leaves are layers (modules whose kind says how inject sees them, `LayerKind.inject_leaf`:
+Linear, ConvNd, norms, Embedding, MultiheadAttention; or any module with parameters of its own), inner nodes are
+blocks (the module tree), children in execution order when example inputs were traced. Two child sequences are
+aligned by dynamic programming, DPIAT style: skip a source item, skip a target item, or let one source item seed a
+contiguous run of k target items (score summed and damped by 1/sqrt(k), so a deeper target reuses source layers).
+Leaves score the product over dimensions of min(a/b, b/a) of their weight shapes (0 across layer kinds); blocks
+score their own alignment, recursively.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ...core.layers import LayerKind, kind_of
 from ...core.state import call_model, module_paths, run_mode
 
 MAX_RUN = 6  # longest run of target items one source item may seed
@@ -29,6 +31,12 @@ class Leaf:
     kind: str  # layers of the same kind can be matched
     tensors: dict[str, torch.Tensor]  # name inside the module -> parameter or buffer
     shape: tuple[int, ...]  # canonical main-weight shape used for scoring (out, in, *kernel)
+    layer: LayerKind | None = None  # None: the bare parameters of a custom module
+
+    @property
+    def creates_features(self) -> bool:
+        """A weight layer (Linear, Conv, Embedding, attention), as opposed to a norm or bare parameters."""
+        return self.layer is not None and self.layer.creates_features
 
     @property
     def size(self) -> int:
@@ -47,38 +55,16 @@ class Block:
     @property
     def is_unit(self) -> bool:
         """A weight layer and the norms that follow it (conv -> BN): matched as one item against a block."""
-        kinds = [c.kind if isinstance(c, Leaf) else "" for c in self.children]
-        return (len(kinds) > 1 and kinds[0].startswith(_WEIGHT_KINDS)
-                and all(k and not k.startswith(_WEIGHT_KINDS) for k in kinds[1:]))
+        first, rest = self.children[0], self.children[1:]
+        return (bool(rest) and isinstance(first, Leaf) and first.creates_features
+                and all(isinstance(c, Leaf) and not c.creates_features for c in rest))
 
 
-def _conv1d_hf(module: nn.Module) -> bool:
-    """GPT-2's transformers.pytorch_utils.Conv1D: a Linear with a transposed (in, out) weight and an `nf` attribute."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
-
-
-def leaf_kind(module: nn.Module) -> tuple[str, tuple[int, ...]] | None:
-    """(kind, canonical shape) for layers with a known layout, None for other modules."""
-    if isinstance(module, nn.Linear):
-        return "linear", tuple(module.weight.shape)
-    if _conv1d_hf(module):
-        return "linear", tuple(module.weight.shape[::-1])
-    if isinstance(module, nn.modules.conv._ConvNd):
-        nd = module.weight.dim() - 2
-        kind = f"conv_transpose{nd}d" if module.transposed else f"conv{nd}d"
-        return kind, tuple(module.weight.shape)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return "batchnorm", (module.num_features,)
-    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith(("LayerNorm", "RMSNorm")):
-        weight = getattr(module, "weight", None)
-        return "layernorm", tuple(weight.shape) if isinstance(weight, torch.Tensor) else (1,)
-    if isinstance(module, nn.GroupNorm):
-        return "groupnorm", (module.num_channels,)
-    if isinstance(module, nn.Embedding):
-        return "embedding", tuple(module.weight.shape)
-    if isinstance(module, nn.MultiheadAttention):
-        return "attention", (module.embed_dim, module.embed_dim)
-    return None
+def leaf_kind(module: nn.Module) -> tuple[str, tuple[int, ...], LayerKind] | None:
+    """(kind string, canonical shape, kind) for a layer whose kind tells inject how to see it, None otherwise."""
+    kind = kind_of(module)
+    seen = kind.inject_leaf(module) if kind is not None else None
+    return None if seen is None else (*seen, kind)
 
 
 def _own_tensors(module: nn.Module, recurse: bool) -> dict[str, torch.Tensor]:
@@ -93,7 +79,7 @@ def build_tree(model: nn.Module, order: dict[str, int] | None = None) -> Block:
     def visit(module: nn.Module, path: str) -> Leaf | Block | None:
         known = leaf_kind(module)
         if known is not None:
-            return Leaf(path, module, known[0], _own_tensors(module, recurse=True), known[1])
+            return Leaf(path, module, known[0], _own_tensors(module, recurse=True), known[1], known[2])
         block = Block(path)
         own = {n: t for n, t in _own_tensors(module, recurse=False).items() if t.is_floating_point()}
         if own:  # bare parameters of a custom module (a positional embedding, a layer scale)
@@ -116,9 +102,6 @@ def build_tree(model: nn.Module, order: dict[str, int] | None = None) -> Block:
     return root if isinstance(root, Block) else Block("", [root])
 
 
-_WEIGHT_KINDS = ("linear", "conv", "embedding", "attention")
-
-
 def _units(children: list[Leaf | Block]) -> list[Leaf | Block]:
     """Group a flat run of layers into units: a weight layer (Linear, Conv, Embedding, attention) with the norms
     that follow it (conv -> BN). A deeper target then repeats whole units (conv+BN, conv+BN), as in nested blocks."""
@@ -133,7 +116,7 @@ def _units(children: list[Leaf | Block]) -> list[Leaf | Block]:
         unit.clear()
 
     for c in children:
-        if isinstance(c, Leaf) and (c.kind.startswith(_WEIGHT_KINDS) or not unit):
+        if isinstance(c, Leaf) and (c.creates_features or not unit):
             close()
             unit.append(c)
         elif isinstance(c, Leaf):
@@ -163,11 +146,7 @@ def _ratio(x: float, y: float) -> float:
 
 def _channel_dims(leaf: Leaf) -> tuple[int, ...]:
     """Dimensions that grow with the model's width (not kernels, not an embedding's vocabulary)."""
-    if leaf.kind == "embedding":
-        return (1,)
-    if leaf.kind.startswith(("linear", "conv", "attention")):
-        return (0, 1)
-    return tuple(range(len(leaf.shape)))
+    return leaf.layer.channel_dims(leaf.shape) if leaf.layer is not None else tuple(range(len(leaf.shape)))
 
 
 def leaf_score(a: Leaf, b: Leaf, width_ratio: float = 1.0) -> float:
@@ -188,8 +167,7 @@ def leaf_score(a: Leaf, b: Leaf, width_ratio: float = 1.0) -> float:
 def width_ratio(source: Block, target: Block) -> float:
     """Typical target width / source width: ratio of the median output widths of their weight layers."""
     def median_width(tree: Block) -> float:
-        widths = sorted(lf.shape[1] if lf.kind == "embedding" else lf.shape[0] for lf in leaves(tree)
-                        if lf.kind.startswith(_WEIGHT_KINDS))
+        widths = sorted(lf.shape[lf.layer.out_dim] for lf in leaves(tree) if lf.creates_features)
         return float(widths[len(widths) // 2]) if widths else 1.0
 
     return median_width(target) / median_width(source)

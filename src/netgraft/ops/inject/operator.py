@@ -17,11 +17,10 @@ from torch import nn
 
 from ...core.guards import check_model
 from ...errors import InvalidRequestError
-from .match import Aligner, Block, Leaf, _conv1d_hf, build_tree, execution_order, leaves, width_ratio
+from .match import Aligner, Block, Leaf, build_tree, execution_order, leaves, width_ratio
 from .tensor import split_transplant, transplant
 
 SIMILARITY_THRESHOLD = 0.45  # below it transfer tended to hurt in DPIAT's 67 pairs
-_SCALED_KINDS = ("linear", "conv", "attention")  # weights whose fan-in sets the output scale
 _FUSED_NAMES = ("qkv", "c_attn", "query_key_value", "in_proj")
 
 
@@ -91,17 +90,17 @@ def _check_places(source: nn.Module, target: nn.Module) -> None:
 
 def _modality(tree: Block) -> str:
     first = next(iter(leaves(tree)), None)
-    return "tokens" if first is not None and first.kind == "embedding" else "features"
-
-
-def _transposed(leaf: Leaf, name: str) -> bool:
-    """Whether `leaf`'s tensor `name` is stored (in, out), as GPT-2's Conv1D stores its weight."""
-    return name == "weight" and _conv1d_hf(leaf.module)
+    return "tokens" if first is not None and first.layer is not None and first.layer.reads_ids else "features"
 
 
 def _canonical(leaf: Leaf, name: str, t: torch.Tensor) -> torch.Tensor:
     """`t` in the canonical (out, in, *kernel) layout, read by its own module's layout (a view, never a copy)."""
-    return t.t() if _transposed(leaf, name) else t
+    return leaf.layer.canonical(leaf.module, name, t) if leaf.layer is not None else t
+
+
+def _stored(leaf: Leaf, name: str, t: torch.Tensor) -> torch.Tensor:
+    """A canonical tensor back in the layout `leaf`'s module stores tensor `name` in."""
+    return leaf.layer.stored(leaf.module, name, t) if leaf.layer is not None else t
 
 
 def _fan_in(canonical: torch.Tensor) -> int:
@@ -117,7 +116,7 @@ def _fixed_dims(leaf: Leaf, t: torch.Tensor, channel_resize: bool) -> tuple[int,
     positions of a bare parameter (a positional embedding, features last) are ordered and may be resized."""
     if channel_resize:
         return ()
-    if leaf.kind.endswith(":params"):
+    if leaf.layer is None:  # the bare parameters of a custom module
         return (t.dim() - 1,) if t.dim() else ()
     return tuple(d for d in (0, 1) if d < t.dim())
 
@@ -142,17 +141,16 @@ def _inject_leaf(src: Leaf, dst: Leaf, score: float,
         if fused and s_c.shape[0] % 3 == 0 and t_c.shape[0] % 3 == 0 and s_c.shape[0] != t_c.shape[0]:
             new, how = split_transplant(s_c, t_c, 3, 0, _fixed_dims(dst, t_c, channel_resize))
         else:
-            new, how = transplant(s_c, t_c, prefix_dims=(0,) if dst.kind == "embedding" else (),
+            new, how = transplant(s_c, t_c, prefix_dims=dst.layer.prefix_dims if dst.layer is not None else (),
                                   fixed_dims=_fixed_dims(dst, t_c, channel_resize))
-        if how != "copied" and t.dim() >= 2 and dst.kind.startswith(_SCALED_KINDS):
+        if how != "copied" and t.dim() >= 2 and dst.layer is not None and dst.layer.fan_in_scaled:
             # Scale correction: rms(new) = rms(source) * sqrt(fan_in_source / fan_in_target), so that for inputs of
             # unit variance each output keeps the variance it had in the source (fan_in * rms^2 is unchanged).
             wanted = _rms(s) * math.sqrt(_fan_in(s_c) / _fan_in(t_c))
             factor = wanted / _rms(new) if _rms(new) > 0 else 1.0
             new = new * factor
             how += f", x{factor:.3g} fan-in scale"
-        if _transposed(dst, name):
-            new = new.t()
+        new = _stored(dst, name, new)
         out.append((t, new.contiguous(), Transfer(f"{src.path}.{name}", f"{dst.path}.{name}", tuple(s.shape),
                                                   tuple(t.shape), how, score)))
     return out
