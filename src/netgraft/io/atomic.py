@@ -57,7 +57,9 @@ def check_paths(src: Path, out: Path, force: bool) -> None:
 # ------------------------------------------------------------------------------------------------ atomic OUT
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 
+
 placed: list[Path] = []  # OUT once the run's directory has become it (what a late failure may no longer deny)
+
 
 def renameat2(src: Path, dst: Path, flags: int) -> bool:
     """renameat2(2): True when done; False where it is unavailable (no such libc call, kernel or filesystem
@@ -78,11 +80,13 @@ def renameat2(src: Path, dst: Path, flags: int) -> bool:
         return False
     raise OSError(code, os.strerror(code), str(src), None, str(dst))
 
+
 def remove(path: Path) -> None:
     if path.is_symlink() or not path.is_dir():
         path.unlink(missing_ok=True)
     else:
         shutil.rmtree(path, ignore_errors=True)
+
 
 def place(tmp: Path, out: Path, force: bool) -> None:
     """Makes the finished directory `tmp` become `out` in one atomic step. Without `force`, an `out` that exists by
@@ -134,6 +138,7 @@ def place(tmp: Path, out: Path, force: bool) -> None:
         placed.append(out)
         return
     raise CheckpointError(f"{out} keeps changing while netgraft places it (other runs?); nothing was written")
+
 
 @contextmanager
 def atomic_dir(out: Path, force: bool) -> Iterator[Path]:

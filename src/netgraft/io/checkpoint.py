@@ -18,7 +18,9 @@ PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", 
 # Weights of the old model in another format: copying them would put stale weights next to the grown ones.
 STALE_WEIGHT_SUFFIXES = frozenset({".h5", ".hdf5", ".msgpack", ".onnx", ".gguf", ".ggml", ".tflite", ".ot", ".keras"})
 
+
 _PICKLE_MAGIC = tuple(b"\x80" + bytes([p]) for p in range(2, 6)) + (b"PK\x03\x04",)  # pickle 2-5; zip (torch.save)
+
 
 NOT_COPIED = ("config.json", "netgraft.json")  # written by this run
 
@@ -35,15 +37,21 @@ def load_config(src: Path) -> Any:
     except Exception as err:  # noqa: BLE001 - one line for the user
         raise CheckpointError(f"{src}: cannot read config.json ({type(err).__name__}: {one_line(err)})") from err
 
-def model_class(config: Any) -> Any:
-    """The class named in config.architectures (a transformers model class only), else AutoModel."""
+
+def model_class(config: Any) -> type:
+    """The class named in config.architectures (a transformers model class only), else the family's base model
+    class (what AutoModel would build for this config)."""
     import transformers
 
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        return transformers.AutoModel
-    return cls
+    if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+        return cls
+    try:
+        return transformers.AutoModel._model_mapping[type(config)]
+    except KeyError:
+        raise CheckpointError(f"no transformers model class for config {type(config).__name__}") from None
+
 
 def safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of a safetensors file (8-byte little-endian size, then JSON): names, dtypes, shapes, offsets.
@@ -64,9 +72,11 @@ def safetensors_header(path: Path) -> dict[str, Any]:
     header.pop("__metadata__", None)
     return header
 
+
 def _is_plain_name(name: Any) -> bool:
     return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
         and "\0" not in name
+
 
 def weight_files(src: Path) -> dict[Path, dict[str, Any]]:
     """The safetensors files transformers will read for DIR, each with its header, as transformers picks them
@@ -85,19 +95,18 @@ def weight_files(src: Path) -> dict[Path, dict[str, Any]]:
             if not _is_plain_name(shard):
                 raise CheckpointError(f"{index}: tensor '{tensor}' is mapped to '{shard}', not a file name in {src}")
             if not shard.endswith(".safetensors"):
-                raise CheckpointError(f"{index}: tensor '{tensor}' is mapped to '{shard}', which is not a .safetensors "
-                               f"file (netgraft never opens pickle checkpoints)")
+                raise CheckpointError(f"{index}: tensor '{tensor}' is mapped to '{shard}', which is not a "
+                                      f".safetensors file (netgraft never opens pickle checkpoints)")
             shards.setdefault(shard, []).append(tensor)
     if single.is_file():
         return {single: safetensors_header(single)}
     if not shards:
         if any(src.glob("*.bin")) or any(src.glob("*.pt")) or any(src.glob("*.pth")):
             raise CheckpointError(f"{src}: no *.safetensors weights (netgraft never unpickles .bin checkpoints; "
-                                  "convert them "
-                           f"with save_pretrained(..., safe_serialization=True))")
+                                  f"convert them with save_pretrained(..., safe_serialization=True))")
         raise CheckpointError(f"{src}: no model.safetensors or model.safetensors.index.json (netgraft never "
-                              "unpickles .bin "
-                       f"checkpoints; convert them with save_pretrained(..., safe_serialization=True))")
+                              f"unpickles .bin checkpoints; convert them with save_pretrained(..., "
+                              f"safe_serialization=True))")
     out: dict[Path, dict[str, Any]] = {}
     for shard, listed in sorted(shards.items()):
         path = src / shard
@@ -113,10 +122,12 @@ def weight_files(src: Path) -> dict[Path, dict[str, Any]]:
         out[path] = header
     return out
 
+
 def tensor_names(names: Any, limit: int = 4) -> str:
     names = sorted(str(n) for n in names)
     shown = ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
     return f"tensor{'s' if len(names) != 1 else ''} {shown}"
+
 
 def check_tensors(names: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], ignore: list[str],
                   where: str, cls_name: str) -> None:
@@ -148,6 +159,7 @@ def _allowed_roots(src: Path) -> list[Path]:
     if real.parent.name == "snapshots":
         roots.append(real.parent.parent / "blobs")
     return roots
+
 
 def side_files(src: Path) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """Files of DIR that travel to OUT (tokenizer, README, ...) as (name in DIR, file to read), and those skipped with

@@ -17,6 +17,7 @@ def human(n: float) -> str:
         n /= 1000
     return f"{n:.1f} TB"
 
+
 def available_memory() -> int | None:
     """Bytes of memory this process can still get: MemAvailable + SwapFree, capped by a cgroup (v2) limit."""
     avail = None
@@ -38,11 +39,13 @@ def available_memory() -> int | None:
         pass
     return avail
 
+
 def existing_ancestor(path: Path) -> Path:
     p = Path(os.path.abspath(path))
     while not p.exists() and p != p.parent:
         p = p.parent
     return p
+
 
 def check_memory(need: int, what: str) -> None:
     """Refuses, with the figures, a run that needs more memory than this process can get."""
