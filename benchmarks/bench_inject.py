@@ -10,7 +10,7 @@ Protocol, in one run:
       for `DONOR_EPOCHS` epochs with Adam.
     * targets: a deeper CNN, a wider CNN, a CNN with other kernel sizes, a narrower CNN, a ResNet-style 1D net and a
       deeper/wider MLP - each built three ways from the same seed: PyTorch's default init (Kaiming-uniform), Xavier
-      (uniform weights, zero biases) and default init followed by ``netgraft.inject(donor, target)``.
+      (uniform weights, zero biases) and default init followed by ``netgraft.inject_(donor, target)``.
     * training: Adam (lr 1e-3), batch 64, the same batch order for the three inits of a seed; test accuracy after
       0, 4, 8, 16 (about a quarter of an epoch), 32 and 63 (one epoch) steps.
     * similarity: ``netgraft.similarity(donor, target)``; its Spearman correlation with the gain (injected accuracy
@@ -177,7 +177,7 @@ def build(target: str, init: str, seed: int, donor: nn.Module, example: torch.Te
     elif init == "injected":
         with warnings.catch_warnings():  # low-similarity pairs are measured on purpose
             warnings.simplefilter("ignore")
-            netgraft.inject(donor, model, example_inputs=(example,))
+            netgraft.inject_(donor, model, example_inputs=(example,))
     return model
 
 
@@ -196,7 +196,7 @@ def run_pair(donor_name: str, donor: nn.Module, target: str, seeds: tuple[int, .
              data: dict[str, torch.Tensor]) -> dict[str, Any]:
     example = data["x"][:8]
     sim = netgraft.similarity(donor, TARGETS[target][1](), example_inputs=(example,))
-    report = netgraft.inject(donor, build(target, "default", 0, donor, example), example_inputs=(example,),
+    report = netgraft.inject_(donor, build(target, "default", 0, donor, example), example_inputs=(example,),
                              warn_below=0.0)
     curves: dict[str, list[dict[int, float]]] = {i: [] for i in INITS}
     for seed in seeds:

@@ -159,7 +159,7 @@ def measure_times(cfg: dict[str, int]) -> dict[str, Any]:
         times: dict[str, float] = {}
         times["widen"], wide = timed(lambda: widen_once(model, inputs))
         if rep == 0:
-            cert = wide.netgraft_certificate
+            cert = wide.netgraft_report.certificate
             result_info = {"result_params": n_params(wide), "result_bytes": model_bytes(wide),
                            "certificate": {"max_abs": cert.max_abs, "max_rel": cert.max_rel,
                                            "bound": cert.bound, "passed": cert.passed, "summary": str(cert)},

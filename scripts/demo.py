@@ -273,7 +273,7 @@ def main() -> None:
     t0 = time.perf_counter()
     grown = netgraft.widen(small, FACTOR, example_inputs=(x_batch,), noise=NOISE, seed=SEED)
     t_widen = time.perf_counter() - t0
-    cert = grown.netgraft_certificate
+    cert = grown.netgraft_report.certificate
     print(grown.netgraft_report)  # the grown dimensions, then the certificate line (max |delta|, bound)
     print(f"parameters: {n_params(small):,} -> {n_params(grown):,} (widen took {t_widen * 1e3:.0f} ms)")
     assert cert.passed, f"widening did not preserve the function: {cert}"
@@ -292,7 +292,7 @@ def main() -> None:
     print(deep.netgraft_report)
     print(f"parameters: {n_params(grown):,} -> {n_params(deep):,} (deepen took {t_deepen * 1e3:.0f} ms, "
           f"BatchNorm statistics from {len(calibration)} training batches)")
-    assert deep.netgraft_certificate.passed, deep.netgraft_certificate
+    assert deep.netgraft_report.certificate.passed, deep.netgraft_report.certificate
     deep_acc, deep_loss = evaluate(deep, data)
     val_cert = netgraft.check_preserved(small, deep, (data.x_val,))
     print(f"small -> widened -> deepened on the {len(data.x_val)} validation images: max |delta logits| = "

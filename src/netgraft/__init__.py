@@ -6,7 +6,7 @@ Public API:
     set_gates_ / fold_gates -> ramp in, then remove, the gates of inserted post-norm blocks
     grow_(model, widths, optimizer=, init="gradmax") -> the same model, grown in place during training
     GrowthSchedule(model, targets, every=, times=) -> grow from inside a training loop
-    inject(source, target) -> InjectionReport: data-free transfer into a different architecture (TLI)
+    inject_(source, target) -> InjectionReport: data-free transfer into a different architecture, in place (TLI)
     similarity(source, target) -> float in [0, 1]: how much of target the source can seed
     groups(model, example_inputs) -> table of coupled dimensions
     check_preserved(a, b, example_inputs) -> Certificate (max output difference)
@@ -24,7 +24,7 @@ from .errors import InvalidRequestError, NetgraftError, NotPreservedError, Unkno
 from .hf.request import ConfigSizes
 from .ops.deepen import Deepened, DeepenReport, GatedBlock, Insertion, ResidualInsert, deepen, fold_gates, set_gates_
 from .ops.grow import GrowReport, GrowthSchedule, grow_
-from .ops.inject import SIMILARITY_THRESHOLD, InjectionReport, inject, similarity
+from .ops.inject import SIMILARITY_THRESHOLD, InjectionReport, inject, inject_, similarity
 from .ops.widen import WidenReport, widen
 
 __version__ = "0.1.0"
@@ -45,6 +45,7 @@ __all__ = [
     "grow_",
     "SIMILARITY_THRESHOLD",
     "inject",
+    "inject_",
     "similarity",
     "ResidualInsert",
     "deepen",

@@ -144,7 +144,7 @@ def test_a_result_that_writes_another_layers_cache_slot_fails_the_certificate() 
 def test_config_deepening_is_exact_under_cached_generation() -> None:
     m = _llama()
     deep = netgraft.deepen(m, num_hidden_layers=4)
-    assert "cached decoding" in {mm.mode for mm in deep.netgraft_certificate.measurements}
+    assert "cached decoding" in {mm.mode for mm in deep.netgraft_report.certificate.measurements}
     ids = torch.randint(0, 64, (3, 5))
     a = m.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
     b = deep.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
@@ -214,7 +214,7 @@ def test_auto_is_exact_in_both_modes_and_identity_batchnorm_says_eval_only() -> 
         _both_modes(m, auto, torch.randn(5, 3, 6, 6))
     ident = netgraft.deepen(m, "0", example_inputs=(x,), data=data, kind="identity")
     assert ident.netgraft_report.modes == ("eval",)
-    assert "train mode not claimed exact" in str(ident.netgraft_certificate)
+    assert "train mode not claimed exact" in str(ident.netgraft_report.certificate)
     m.train()
     ident.train()
     with torch.no_grad():  # what the report says: not exact on a fresh train-mode batch
@@ -300,7 +300,7 @@ def test_the_certificate_lists_the_inputs_it_was_measured_on() -> None:
     torch.manual_seed(0)
     m = PerSample()
     wide = netgraft.widen(m, {"a": 16}, example_inputs=(torch.randn(4, 4),))
-    cert = wide.netgraft_certificate
+    cert = wide.netgraft_report.certificate
     assert [i.split(" (")[0] for i in cert.inputs] == ["example_inputs", "fresh values", "negated values",
                                                         "one more sample"]
     assert {mm.mode for mm in cert.measurements} == {"eval", "train"} and cert.passed
@@ -387,7 +387,7 @@ def test_unsupported_models_are_refused_by_every_verb(make, match: str) -> None:
     m = make()
     x = (torch.randn(3, 4),)
     calls = [lambda: netgraft.widen(m, 2.0, example_inputs=x), lambda: netgraft.deepen(m, "0", example_inputs=x),
-             lambda: netgraft.groups(m, x), lambda: netgraft.inject(m, _mlp()), lambda: netgraft.inject(_mlp(), m),
+             lambda: netgraft.groups(m, x), lambda: netgraft.inject_(m, _mlp()), lambda: netgraft.inject_(_mlp(), m),
              lambda: netgraft.grow_(m, {"0": 12}, init="zeros", example_inputs=x)]
     for call in calls:
         with pytest.raises(netgraft.UnsupportedModelError, match=match):

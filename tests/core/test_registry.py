@@ -164,7 +164,7 @@ def test_a_custom_kind_is_asked_by_widen_inject_and_deepen() -> None:
     src = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
     stale = netgraft.widen(m, {"0": 9}, example_inputs=x)  # without a kind n_out goes stale, unnoticed
     assert stale[0].weight.shape == (9, 3) and stale[0].n_out == 6
-    assert not netgraft.inject(src, m, strict=False).transfers  # and inject sees no layer in it
+    assert not netgraft.inject_(src, m, strict=False).transfers  # and inject sees no layer in it
 
     @netgraft.register_kind(ScaledLinear)
     class ScaledLinearKind(netgraft.LayerKind):
@@ -182,7 +182,7 @@ def test_a_custom_kind_is_asked_by_widen_inject_and_deepen() -> None:
     try:
         with pytest.raises(netgraft.UnsupportedModelError, match=r"ScaledLinear '0'.n_out would stay 6"):
             netgraft.widen(m, {"0": 9}, example_inputs=x)
-        report = netgraft.inject(src, m)
+        report = netgraft.inject_(src, m)
         assert [t.target for t in report.transfers] == ["0.weight", "2.weight"]
         assert torch.equal(m[0].weight, src[0].weight)
         deep = netgraft.deepen(m, "1", example_inputs=x, seed=0)  # F.linear's op: LinearKind imitates it

@@ -142,7 +142,7 @@ def test_every_family_grows_exactly_or_refuses_with_the_reason(model_type: str, 
             grow(model, op)
         return
     big = grow(model, op)
-    assert type(big) is type(model) and big.netgraft_certificate.passed
+    assert type(big) is type(model) and big.netgraft_report.certificate.passed
     assert_same(model, big, model_type)
 
 

@@ -39,7 +39,7 @@ def _claims_train(deep: nn.Module) -> bool:
     report = deep.netgraft_report
     modes = getattr(report, "modes", None)
     if modes is None:
-        modes = getattr(deep.netgraft_certificate, "claimed", ())
+        modes = getattr(deep.netgraft_report.certificate, "claimed", ())
     return "train" in tuple(modes)
 
 

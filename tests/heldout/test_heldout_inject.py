@@ -24,7 +24,7 @@ from .sweep import ARCHS, NAMES, REFUSALS, assert_named_refusal, assert_unchange
 def _inject(source: nn.Module, target: nn.Module, example: tuple):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # low similarity warns by design
-        return netgraft.inject(source, target, example_inputs=example)
+        return netgraft.inject_(source, target, example_inputs=example)
 
 
 def _finite_everywhere(model: nn.Module, arch) -> list[str]:

@@ -72,7 +72,7 @@ def test_widen_in_config_terms_is_exact_and_round_trips(name: str, tmp_path) -> 
     assert type(w) is type(m) and w.config.hidden_size == 64
     assert getattr(w.config, "n_inner" if name == "gpt2" else "intermediate_size") == 160
     assert w.config.num_attention_heads == 8  # heads follow the stream, head_dim fixed
-    assert w.netgraft_certificate.passed and w.netgraft_certificate.max_abs < 1e-5
+    assert w.netgraft_report.certificate.passed and w.netgraft_report.certificate.max_abs < 1e-5
     ids = _ids(m)
     a, b = _out(m, ids), _out(w, ids)
     assert _close(a if a.shape == b.shape else _tiled(a, b), b) <= 1e-5
@@ -88,7 +88,7 @@ def test_widen_in_config_terms_is_exact_and_round_trips(name: str, tmp_path) -> 
 def test_deepen_in_config_terms_is_exact_and_round_trips(name: str, tmp_path) -> None:
     m = _build(name)
     d = netgraft.deepen(m, num_hidden_layers=5)
-    assert d.config.num_hidden_layers == 5 and d.netgraft_certificate.passed
+    assert d.config.num_hidden_layers == 5 and d.netgraft_report.certificate.passed
     ids = _ids(m)
     assert _close(_out(m, ids), _out(d, ids)) <= 1e-5
     d.save_pretrained(tmp_path)
@@ -108,7 +108,7 @@ def test_llama_heads_at_fixed_hidden_and_gqa_rules() -> None:
     m = _build("llama-gqa-untied")
     w = netgraft.widen(m, num_attention_heads=8, num_key_value_heads=4)  # extra heads, head_dim 8 kept
     assert w.config.head_dim == 8 and w.model.layers[0].self_attn.q_proj.weight.shape == (64, 32)
-    assert w.netgraft_certificate.passed
+    assert w.netgraft_report.certificate.passed
     with pytest.raises(ValueError, match="group size"):
         netgraft.widen(m, num_attention_heads=8, num_key_value_heads=2)
     with pytest.raises(ValueError, match="integer replication"):
@@ -277,9 +277,9 @@ def test_bfloat16_models_grow_exactly_and_are_certified_in_float32() -> None:
     m = _build("llama-gqa-tied").to(torch.bfloat16)
     w = netgraft.widen(m, hidden_size=96, seed=0)  # 3 copies of each stream feature: shares 1/2, 1/4, 1/4
     assert next(w.parameters()).dtype == torch.bfloat16
-    assert w.netgraft_certificate.passed and w.netgraft_certificate.max_abs < 1e-5
+    assert w.netgraft_report.certificate.passed and w.netgraft_report.certificate.max_abs < 1e-5
     f = netgraft.widen(m, intermediate_size=150, seed=0)
-    assert f.netgraft_certificate.passed and f.netgraft_certificate.max_abs < 1e-5
+    assert f.netgraft_report.certificate.passed and f.netgraft_report.certificate.max_abs < 1e-5
     # the copies of each FFN unit's down_proj column add up to the original bit for bf16 bit
     up_old, up_new = m.model.layers[0].mlp.up_proj.weight, f.model.layers[0].mlp.up_proj.weight
     down_old, down_new = m.model.layers[0].mlp.down_proj.weight, f.model.layers[0].mlp.down_proj.weight
@@ -309,7 +309,7 @@ def test_rmsnorm_stream_grows_to_any_size_by_zero_padding(name: str, tmp_path) -
     m = _build(name).double()
     w = netgraft.widen(m, hidden_size=44, intermediate_size=70)
     assert w.config.hidden_size == 44 and w.config.rms_norm_eps == pytest.approx(m.config.rms_norm_eps * 32 / 44)
-    assert w.netgraft_certificate.passed
+    assert w.netgraft_report.certificate.passed
     ids = _ids(m)
     assert _close(_out(m, ids), _out(w, ids)) <= 1e-5
     assert float(w.model.embed_tokens.weight[:, 32:].abs().max()) == 0.0  # writers put zeros in the new features
@@ -330,7 +330,7 @@ def test_widen_split_noise_is_exact_and_changes_the_read_weights(name: str) -> N
     m = _build(name)
     plain = netgraft.widen(m, hidden_size=64, intermediate_size=160, seed=0)
     noisy = netgraft.widen(m, hidden_size=64, intermediate_size=160, seed=0, noise=1.0)
-    assert noisy.netgraft_certificate.passed and noisy.netgraft_certificate.max_abs < 1e-5
+    assert noisy.netgraft_report.certificate.passed and noisy.netgraft_report.certificate.max_abs < 1e-5
     ids = _ids(m)
     assert _close(_out(plain, ids), _out(noisy, ids)) <= 1e-5
     a, b = dict(plain.named_parameters()), dict(noisy.named_parameters())

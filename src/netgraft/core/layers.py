@@ -77,7 +77,7 @@ class LayerKind:
         ...         return (0, 1)
         >>> src = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
         >>> dst = torch.nn.Sequential(ScaledLinear(4, 6), torch.nn.ReLU(), ScaledLinear(6, 2))
-        >>> [t.target for t in netgraft.inject(src, dst).transfers][:2]
+        >>> [t.target for t in netgraft.inject_(src, dst).transfers][:2]
         ['0.weight', '2.weight']
         >>> netgraft.unregister_kind(ScaledLinear)
         1

@@ -19,6 +19,7 @@ from ..core.certify import Certificate, Reference
 from ..core.certify import certify as certify_outputs
 from ..core.plan import IndexMap
 from ..core.probes import make_probes
+from ..core.rng import resolve_seed
 from ..errors import NotPreservedError
 from ..families import family_for
 from ..families.schema import Family
@@ -138,7 +139,6 @@ def _finish(model: nn.Module, new: nn.Module, family: Family, old: Sizes, now: S
     shown = {k: (getattr(old, f), getattr(now, f)) for k, f in names.items()
              if getattr(old, f) is not None and getattr(old, f) != getattr(now, f)}
     new.netgraft_report = HFReport(family.name, shown, cert)
-    new.netgraft_certificate = cert
     if check and not cert.passed:
         raise NotPreservedError(f"growing the {family.name} model did not preserve its outputs: {cert}")
     return new
@@ -148,7 +148,7 @@ def widen_hf(model: nn.Module, *, seed: int | None = None, noise: float = 0.0, p
              check: bool = True, **sizes: int) -> nn.Module:
     """The `widen` path for Hugging Face models (sizes in config terms); see `netgraft.widen`."""
     family = family_of(model)
-    plan = plan_widen(model.config, family, sizes, seed)
+    plan = plan_widen(model.config, family, sizes, resolve_seed(seed))
     plan.noise = noise  # read axes only: a tied output's split is plain shares on the final norm, never noise
     config = new_config(model.config, family, plan.new, plan.old.hidden if plan.pad else None)
     new = build_like(model, config, widen_state(model, plan), family)

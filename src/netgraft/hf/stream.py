@@ -34,6 +34,7 @@ from torch import nn
 
 from ..core.certify import Certificate, Measurement, measure
 from ..core.probes import make_probes
+from ..core.rng import resolve_seed
 from ..errors import NotPreservedError
 from ..families.schema import Family
 from ..io.atomic import atomic_dir, check_paths
@@ -198,7 +199,7 @@ def _probe_batch(config: Any, family: Family) -> tuple[dict, list[tuple[str, sli
 
 
 def grow_checkpoint(src: str | Path, out: str | Path, sizes: ConfigSizes, *, max_shard_size: int | str = "5GB",
-                    seed: int | None = 0, noise: float = 0.0, force: bool = False, check: bool = True,
+                    seed: int | None = None, noise: float = 0.0, force: bool = False, check: bool = True,
                     progress: Callable[[int, int, float], None] | None = None) -> HFReport:
     """Grow the Hugging Face checkpoint in directory `src` into a sharded checkpoint in `out`, in bounded memory.
 
@@ -263,7 +264,7 @@ def grow_checkpoint(src: str | Path, out: str | Path, sizes: ConfigSizes, *, max
     check_memory(largest * (2 + 4 + 4), "the largest layer of the grown model")
     plan = None
     if not depth:
-        plan = plan_widen(config, family, request, seed)
+        plan = plan_widen(config, family, request, resolve_seed(seed))
         plan.noise = noise
         widener = Widener(plan, _tied_output(source) is not None)
     shards = plan_shards(entries, parse_size(max_shard_size))

@@ -16,6 +16,7 @@ from ..core.certify import Certificate, Reference, audit, certify
 from ..core.coupling import couple
 from ..core.guards import check_model
 from ..core.plan import SpaceMaps, changes_of, plan_widths
+from ..core.rng import resolve_seed
 from ..core.space import total_size
 from ..errors import EXTENSION_HINT, InvalidRequestError, NotPreservedError, UnsupportedModelError
 from ..hf.request import WIDTH_FIELDS, ConfigSizes
@@ -66,7 +67,8 @@ def widen(
             which still sum to one. Without it the copies of a unit receive gradients that differ only by a
             constant factor, which Adam-type optimisers normalise away: the copies then stay identical and the
             wider model keeps the small one's capacity. 0.5 is a good start; float32/float64 parameters only.
-        seed: seed for the random replication map and the noise.
+        seed: seeds the random replication map and the noise; None draws the seed from torch's global generator
+            (`torch.manual_seed` before the call makes it reproducible), as in every verb.
         check: raise `NotPreservedError` if the certificate exceeds the bound (default).
         heads: ``{module path: attribute name}`` for hand-written attention the trace cannot settle: the module's
             int attribute that holds its head count. Usually not needed: when a forward reshapes into heads with
@@ -77,14 +79,13 @@ def widen(
             count can also be named in `widths` as ``"<module path>:<attribute>"`` (e.g. ``{"h.0.attn:n_head": 8}``).
         **config_sizes: shorthand for ``widths=ConfigSizes(**config_sizes)``.
 
-    The result carries ``result.netgraft_report`` (sizes changed and certificate) and
-    ``result.netgraft_certificate``.
+    The result carries ``result.netgraft_report`` (sizes changed and ``.certificate``).
 
     Example:
         >>> import torch, netgraft
         >>> m = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         >>> wide = netgraft.widen(m, {"0": 12}, example_inputs=(torch.randn(4, 3),), seed=0)
-        >>> wide[0].out_features, wide[2].in_features, wide.netgraft_certificate.passed
+        >>> wide[0].out_features, wide[2].in_features, wide.netgraft_report.certificate.passed
         (12, 12, True)
 
     Hand-written attention (nanoGPT style): heads are added, ``n_head`` follows.
@@ -108,6 +109,7 @@ def widen(
         (3, 12)
     """
     check_model(model, "widen")
+    seed = resolve_seed(seed)
     if isinstance(noise, bool) or not (isinstance(noise, numbers.Real) and math.isfinite(noise) and noise >= 0):
         raise InvalidRequestError(f"noise must be a finite number >= 0, got {noise!r}")
     if config_sizes:  # shorthand for a ConfigSizes request
@@ -164,7 +166,6 @@ def _widen_traced(model: nn.Module, widths: dict[str, int] | float, example_inpu
         warnings.warn(f"widen({widths}) grew nothing: no hidden dimension of this model can grow ({'; '.join(fixed)})",
                       stacklevel=2)
     result.netgraft_report = report
-    result.netgraft_certificate = cert
     if check and not cert.passed:
         raise NotPreservedError(f"widen did not preserve the function: {cert}")
     return result

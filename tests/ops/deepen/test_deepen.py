@@ -43,7 +43,7 @@ def test_every_anchor_of_every_zoo_model_is_exact_or_refused(name: str) -> None:
             continue
         done += 1
         assert_exact(model, deep, inputs)
-        assert deep.netgraft_certificate.max_abs <= 1e-10
+        assert deep.netgraft_report.certificate.max_abs <= 1e-10
         assert n_params(deep) > n_params(model)
     assert_unchanged(model, before)
     assert done >= 2, f"{name}: only {done} anchors could be deepened"
@@ -60,7 +60,7 @@ def test_zoo_float32_with_the_library_bound(name: str) -> None:
         except (netgraft.UnsupportedModelError, ValueError):
             continue
         deepened += 1
-        assert deep.netgraft_certificate.passed
+        assert deep.netgraft_report.certificate.passed
         assert_exact(model, deep, inputs)
     assert deepened >= 1
 
@@ -78,7 +78,7 @@ def test_identity_layer_in_a_sequential_is_renumbered_and_exact() -> None:
     assert torch.equal(deep[2][0].weight, torch.eye(8)) and torch.equal(deep[2][0].bias, torch.zeros(8))
     assert isinstance(deep[2][1], nn.ReLU)
     assert deep.netgraft_report.insertions[0].path == "2"
-    assert deep.netgraft_certificate.max_abs == 0.0
+    assert deep.netgraft_report.certificate.max_abs == 0.0
 
 
 def test_conv_bn_relu_identity_uses_a_centred_dirac_kernel_and_bn() -> None:
@@ -416,7 +416,7 @@ def test_noise_is_approximate_by_request_and_seed_is_deterministic() -> None:
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
     noisy = netgraft.deepen(model, "fc2", example_inputs=inputs, seed=3, kind="residual", noise=0.1)
     assert not noisy.netgraft_report.exact and "approximate" in str(noisy.netgraft_report)
-    assert noisy.netgraft_certificate.max_abs > 0
+    assert noisy.netgraft_report.certificate.max_abs > 0
 
 
 def test_inserted_modules_follow_the_model_mode_dtype_and_device() -> None:
@@ -576,8 +576,8 @@ def test_padding_masks_and_fast_paths_certify_against_a_plain_run() -> None:
     mask = torch.zeros(3, 7, dtype=torch.bool)
     mask[1, 5:] = True
     ex = {"src": torch.randn(3, 7, 16), "src_key_padding_mask": mask}
-    assert netgraft.deepen(enc, "layers.0", example_inputs=ex).netgraft_certificate.passed
-    assert netgraft.widen(enc, 2.0, example_inputs=ex).netgraft_certificate.passed
+    assert netgraft.deepen(enc, "layers.0", example_inputs=ex).netgraft_report.certificate.passed
+    assert netgraft.widen(enc, 2.0, example_inputs=ex).netgraft_report.certificate.passed
     deep = netgraft.deepen(enc, "layers.0", example_inputs=ex, kind="residual")  # kwargs: wrapped, not listed
     assert isinstance(deep.layers[0], netgraft.Deepened)
 

@@ -338,7 +338,7 @@ def _teacher_student_loop(schedule_kwargs: dict, steps: int = 60) -> tuple[nn.Mo
 
 
 def test_schedule_adds_one_unit_every_n_steps_and_keeps_the_lr_scheduler_working() -> None:
-    model, sched, seen = _teacher_student_loop({"targets": {"0": 10}, "every": 10, "times": 5})
+    model, sched, seen = _teacher_student_loop({"widths": {"0": 10}, "every": 10, "times": 5})
     assert seen == [(10, 6), (20, 7), (30, 8), (40, 9), (50, 10)]  # exactly what was asked, never less
     assert model[0].weight.shape == (10, 20) and model[2].weight.shape == (10, 10)
     assert all(r.certificate.passed for _, r in sched.history)
@@ -495,3 +495,13 @@ def test_the_certificate_also_checks_train_mode() -> None:
     model.train(False)  # documented escape hatch: check=False skips both certificates
     netgraft.grow_(model, {"a": 7}, init="random", batch=_data("mlp"), seed=0, check=False)
     assert model.a.out_features == 7
+
+
+def test_the_earlier_names_still_work_with_a_deprecation_warning() -> None:
+    model = nn.Sequential(nn.Linear(4, 2), nn.Tanh(), nn.Linear(2, 1))
+    with pytest.warns(DeprecationWarning, match="widths"):
+        sched = netgraft.GrowthSchedule(model, targets={"0": 3}, at=[0], init="zeros")
+    assert sched.targets == {"0": 3}
+    with pytest.warns(DeprecationWarning, match="inject_"):
+        report = netgraft.inject(nn.Linear(3, 3), nn.Linear(3, 3))
+    assert report.similarity == 1.0

@@ -27,7 +27,7 @@ def test_round_trip_into_an_identical_architecture_reproduces_the_model(name: st
     src, dst, x = _pair(name)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # identical architectures must not warn
-        report = netgraft.inject(src, dst, example_inputs=x)
+        report = netgraft.inject_(src, dst, example_inputs=x)
     assert report.similarity == 1.0 and not report.left_at_init
     assert all(t.method == "copied" for t in report.transfers)
     for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values(), strict=True):
@@ -59,7 +59,7 @@ def test_deterministic_bit_identical() -> None:
     a = _cnn(12, 24, k=5, depth=4)
     b = _cnn(12, 24, k=5, depth=4)
     b.load_state_dict(a.state_dict())
-    ra, rb = netgraft.inject(src, a), netgraft.inject(src, b)
+    ra, rb = netgraft.inject_(src, a), netgraft.inject_(src, b)
     assert str(ra) == str(rb)
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), k
@@ -80,7 +80,7 @@ def test_deeper_target_reuses_source_layers_and_bn_statistics_move() -> None:
     src = _cnn(8, 16)
     randomize_batchnorm_stats(src)
     dst = _cnn(8, 16, depth=4)
-    report = netgraft.inject(src, dst)
+    report = netgraft.inject_(src, dst)
     assert not report.left_at_init
     seeded_by = {t.target: t.source for t in report.transfers}
     assert seeded_by["3.weight"] == seeded_by["6.weight"] == "3.weight"  # one source conv seeds a run
@@ -91,7 +91,7 @@ def test_deeper_target_reuses_source_layers_and_bn_statistics_move() -> None:
 def test_kernel_size_change_and_fan_in_scale() -> None:
     torch.manual_seed(0)
     src, dst = nn.Sequential(nn.Conv2d(4, 8, 3)), nn.Sequential(nn.Conv2d(4, 8, 5))
-    report = netgraft.inject(src, dst)
+    report = netgraft.inject_(src, dst)
     w = dst[0].weight
     t = report.transfers[0]
     assert "place" in t.method and "fan-in" in t.method
@@ -99,7 +99,7 @@ def test_kernel_size_change_and_fan_in_scale() -> None:
     centre = w[:, :, 1:4, 1:4] / factor  # 0.75 * source + 0.25 * its resize, in the centre
     assert torch.corrcoef(torch.stack([centre.flatten(), src[0].weight.flatten()]))[0, 1] > 0.9
     shrink = nn.Sequential(nn.Conv2d(4, 8, 1))
-    netgraft.inject(src, shrink)
+    netgraft.inject_(src, shrink)
     assert shrink[0].weight.shape == (8, 4, 1, 1)
 
 
@@ -107,7 +107,7 @@ def test_linear_widening_keeps_the_output_scale() -> None:
     torch.manual_seed(0)
     src = nn.Linear(64, 64)
     dst = nn.Linear(256, 64)
-    netgraft.inject(src, dst)
+    netgraft.inject_(src, dst)
     x_src, x_dst = torch.randn(4096, 64), torch.randn(4096, 256)
     ratio = (dst(x_dst) - dst.bias).std() / (src(x_src) - src.bias).std()
     assert 0.7 < ratio < 1.3, ratio
@@ -117,7 +117,7 @@ def test_embedding_vocabulary_is_aligned_at_the_start() -> None:
     torch.manual_seed(0)
     src, dst = nn.Embedding(100, 16), nn.Embedding(120, 16)
     before = dst.weight.detach().clone()
-    netgraft.inject(src, dst)
+    netgraft.inject_(src, dst)
     assert torch.equal(dst.weight[:100], src.weight)
     assert torch.equal(dst.weight[100:], before[100:])  # new tokens keep their own init
 
@@ -142,7 +142,7 @@ def test_norms_and_attention() -> None:
     src, dst = Enc(32, 4), Enc(48, 4)
     for p in src.parameters():
         nn.init.normal_(p)
-    report = netgraft.inject(src, dst, example_inputs=(torch.randn(2, 5, 6),))
+    report = netgraft.inject_(src, dst, example_inputs=(torch.randn(2, 5, 6),))
     by_target = {t.target: t for t in report.transfers}
     assert "per q/k/v part" in by_target["attn.in_proj_weight"].method
     assert {"ln.weight", "ln.bias", "gn.weight", "gn.bias", "attn.out_proj.weight"} <= by_target.keys()
@@ -154,12 +154,12 @@ def test_shrinking_then_injecting_back_recovers_the_weights() -> None:
     torch.manual_seed(0)
     big = _cnn(16, 32)
     small = _cnn(8, 16)
-    netgraft.inject(big, small)  # weight selection: large -> small is the same call
+    netgraft.inject_(big, small)  # weight selection: large -> small is the same call
     torch.manual_seed(3)
     back = _cnn(16, 32)
     fresh = _cnn(16, 32)
     back.load_state_dict(fresh.state_dict())
-    netgraft.inject(small, back)
+    netgraft.inject_(small, back)
 
     def corr(a: torch.Tensor, b: torch.Tensor) -> float:
         return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
@@ -174,11 +174,11 @@ def test_shrinking_then_injecting_back_recovers_the_weights() -> None:
 def test_channels_are_cropped_not_interpolated_unless_asked() -> None:
     torch.manual_seed(0)
     src, crop, paper = nn.Linear(8, 16), nn.Linear(8, 8), nn.Linear(8, 8)
-    report = netgraft.inject(src, crop)
+    report = netgraft.inject_(src, crop)
     assert report.transfers[0].method.startswith("crop,")  # no "& resize"
     ratio = crop.weight / src.weight[4:12]
     assert torch.allclose(ratio, ratio[0, 0].expand_as(ratio))  # the centre rows, one scale factor
-    report = netgraft.inject(src, paper, channel_resize=True)  # the TLI paper: every dimension resized too
+    report = netgraft.inject_(src, paper, channel_resize=True)  # the TLI paper: every dimension resized too
     assert "resize" in report.transfers[0].method
     assert not torch.allclose(paper.weight / src.weight[4:12], (paper.weight / src.weight[4:12])[0, 0])
 
@@ -191,7 +191,7 @@ def test_a_conv_bn_unit_stays_together_inside_residual_blocks() -> None:
                         nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
     dst = ResNet18Style()
-    report = netgraft.inject(src, dst, example_inputs=(torch.randn(2, 3, 8, 8),))
+    report = netgraft.inject_(src, dst, example_inputs=(torch.randn(2, 3, 8, 8),))
     seeded = {t.target.rsplit(".", 1)[0]: t.source.rsplit(".", 1)[0] for t in report.transfers}
     # every BatchNorm is seeded by the BN that follows the conv seeding its own conv
     for conv, bn in [("conv1", "bn1"), *[(f"layer{s}.{b}.conv{c}", f"layer{s}.{b}.bn{c}")
@@ -223,7 +223,7 @@ def test_hugging_face_models_of_different_sizes() -> None:
         src, dst = cls(cfg(**small)).eval(), cls(cfg(**large)).eval()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            report = netgraft.inject(src, dst, example_inputs={"input_ids": ids})
+            report = netgraft.inject_(src, dst, example_inputs={"input_ids": ids})
         assert len(report.transfers) > 20 and not report.left_at_init, cls.__name__
         out = dst(ids)
         tensor = out.logits if hasattr(out, "logits") else out.last_hidden_state
@@ -237,16 +237,16 @@ def test_errors_leave_the_target_untouched() -> None:
     conv_only, linear_only = nn.Sequential(nn.Conv2d(1, 4, 3)), nn.Sequential(nn.Linear(4, 2))
     before = snapshot(linear_only)
     with pytest.raises(ValueError, match="no compatible layers"):
-        netgraft.inject(conv_only, linear_only)
-    empty = netgraft.inject(conv_only, linear_only, strict=False)
+        netgraft.inject_(conv_only, linear_only)
+    empty = netgraft.inject_(conv_only, linear_only, strict=False)
     assert not empty.transfers and empty.left_at_init == ["0.weight", "0.bias"]
     text = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="mismatched modalities"):
-        netgraft.inject(text, nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
+        netgraft.inject_(text, nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
     with pytest.raises(ValueError, match="float64.*float32|float32.*float64"):
-        netgraft.inject(nn.Sequential(nn.Linear(4, 2)).double(), linear_only)
+        netgraft.inject_(nn.Sequential(nn.Linear(4, 2)).double(), linear_only)
     with pytest.raises(TypeError):
-        netgraft.inject(conv_only, "model")  # type: ignore[arg-type]
+        netgraft.inject_(conv_only, "model")  # type: ignore[arg-type]
     state, _ = before
     assert all(torch.equal(state[k], v) for k, v in linear_only.state_dict().items())
 
@@ -256,5 +256,5 @@ def test_low_similarity_warns() -> None:
     dst = nn.Sequential(nn.Flatten(), nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 300), nn.ReLU(),
                         nn.Linear(300, 10))
     with pytest.warns(UserWarning, match="below 0.45"):
-        report = netgraft.inject(src, dst)
+        report = netgraft.inject_(src, dst)
     assert report.similarity < netgraft.SIMILARITY_THRESHOLD

@@ -118,7 +118,7 @@ def test_identical_function_across_linear_and_conv1d_layouts(direction: str) -> 
     src, dst = (hf, nano) if direction == "hf_to_nano" else (nano, hf)
     _randomise(src)
     example = torch.randint(0, VOCAB, (2, 7))
-    report = netgraft.inject(src, dst, example_inputs=(example,))
+    report = netgraft.inject_(src, dst, example_inputs=(example,))
     assert report.similarity == 1.0
     assert not report.left_at_init
     assert all(t.method == "copied" for t in report.transfers), [t for t in report.transfers if t.method != "copied"]
@@ -131,8 +131,8 @@ def test_nano_and_hf_round_trip_is_exact() -> None:
     hf, nano, back = _hf_gpt2(), NanoGPT().eval(), _hf_gpt2()
     _randomise(hf)
     example = torch.randint(0, VOCAB, (2, 7))
-    netgraft.inject(hf, nano, example_inputs=(example,))
-    netgraft.inject(nano, back, example_inputs=(example,))
+    netgraft.inject_(hf, nano, example_inputs=(example,))
+    netgraft.inject_(nano, back, example_inputs=(example,))
     for (k, a), b in zip(hf.state_dict().items(), back.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
@@ -152,7 +152,7 @@ def test_different_widths_across_layouts_place_each_qkv_part_and_scale_by_fan_in
     hf, nano = (_hf_gpt2(32), NanoGPT(48)) if direction == "hf_to_nano" else (_hf_gpt2(48), NanoGPT(32))
     src, dst = (hf, nano) if direction == "hf_to_nano" else (nano, hf)
     _randomise(src)
-    report = netgraft.inject(src, dst, example_inputs=(torch.randint(0, VOCAB, (2, 7)),))
+    report = netgraft.inject_(src, dst, example_inputs=(torch.randint(0, VOCAB, (2, 7)),))
     assert not report.left_at_init
 
     def canonical(model: nn.Module, name: str) -> torch.Tensor:

@@ -145,7 +145,7 @@ def test_spectral_norm_in_train_mode_is_not_disturbed() -> None:
     with pytest.raises(netgraft.UnsupportedModelError, match="cannot widen '0'"):
         netgraft.widen(m, {"0": 12}, example_inputs=(torch.randn(5, 4),))
     wide = netgraft.widen(m, 1.0, example_inputs=(torch.randn(5, 4),))
-    assert wide.netgraft_certificate.passed
+    assert wide.netgraft_report.certificate.passed
     assert_unchanged(m, before)
 
 

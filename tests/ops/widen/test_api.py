@@ -40,7 +40,7 @@ def test_dict_widths_set_exact_sizes_and_attributes() -> None:
 def test_report_and_certificate_are_attached() -> None:
     m, x = mlp()
     wide = netgraft.widen(m, 2.0, example_inputs=x)
-    cert = wide.netgraft_certificate
+    cert = wide.netgraft_report.certificate
     assert cert is wide.netgraft_report.certificate and cert.passed
     assert cert.max_abs <= cert.bound and cert.dtype == "float32" and cert.mode == "eval"
     assert sorted(wide.netgraft_report.changes) == [("0", 8, 16), ("2", 5, 10)]
@@ -300,7 +300,7 @@ def test_split_noise_breaks_the_symmetry_of_copies_under_adam(opt_cls) -> None:
     distances = {}
     for noise in (0.0, 0.5):
         wide = netgraft.widen(m, {"0": 12, "2": 12}, example_inputs=(x,), seed=0, noise=noise)
-        assert wide.netgraft_certificate.max_abs < 1e-12  # still exact (float64)
+        assert wide.netgraft_report.certificate.max_abs < 1e-12  # still exact (float64)
         opt = opt_cls(wide.parameters(), lr=1e-2)
         for _ in range(30):
             opt.zero_grad()
@@ -328,4 +328,4 @@ def test_split_noise_needs_full_precision_and_says_so() -> None:
     x = (torch.randn(8, 3, dtype=torch.bfloat16),)
     with pytest.raises(ValueError, match="float32 or float64"):
         netgraft.widen(m, {"0": 8}, example_inputs=x, seed=1, noise=0.5)
-    assert netgraft.widen(m, {"0": 8}, example_inputs=x, seed=1).netgraft_certificate.passed
+    assert netgraft.widen(m, {"0": 8}, example_inputs=x, seed=1).netgraft_report.certificate.passed

@@ -25,6 +25,7 @@ from ...core.clone import clone_module
 from ...core.graph import ModuleCall, Trace
 from ...core.guards import check_model
 from ...core.registry import layer_rule_for
+from ...core.rng import resolve_seed
 from ...core.state import call_model, preserve_state, run_mode
 from ...core.trace import trace
 from ...errors import InvalidRequestError, NotPreservedError, UnsupportedModelError
@@ -408,17 +409,18 @@ def deepen(
         kind: "auto", "identity", "residual", "block" or "copy" (see above).
         noise: std of Gaussian noise, relative to 1/sqrt(fan_in), added to the weights set for exactness (identity
             and zeroed layers) to break symmetry; any noise > 0 makes the result approximate by request.
-        seed: seed for new weights and noise (the global RNG is left untouched when given).
+        seed: seeds new weights and noise; None draws the seed from torch's global generator, as in every verb
+            (global RNG state is otherwise left as it was).
         check: raise `NotPreservedError` if an exact (noise 0) result exceeds the bound.
         num_hidden_layers: shorthand for ``after=ConfigSizes(num_hidden_layers=N)``.
 
-    The result carries ``result.netgraft_report`` (a `DeepenReport`) and ``result.netgraft_certificate``.
+    The result carries ``result.netgraft_report`` (a `DeepenReport`, with its ``.certificate``).
 
     Example:
         >>> import torch, netgraft
         >>> m = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         >>> deep = netgraft.deepen(m, "0", example_inputs=(torch.randn(4, 3),), seed=0)
-        >>> [type(x).__name__ for x in deep], deep.netgraft_certificate.passed
+        >>> [type(x).__name__ for x in deep], deep.netgraft_report.certificate.passed
         (['Linear', 'ReLU', 'Sequential', 'Linear'], True)
     """
     check_model(model, "deepen")
@@ -451,10 +453,9 @@ def deepen(
     tr = trace(model, example_inputs)
     dtype, device = _dtype_device(model)
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    rng = torch.random.fork_rng(devices=cuda) if seed is not None else contextlib.nullcontext()
-    with rng:
-        if seed is not None:
-            torch.manual_seed(seed)
+    seed = resolve_seed(seed)
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
         plans = [_plan_one(tr, model, a, kind) for a in anchors]
         for p in plans:
             p.chained = _chained(tr, model, p.point)
@@ -485,7 +486,6 @@ def deepen(
                   p.build.note, p.point) for p, m in zip(plans, inserted, strict=True)], exact=noise == 0,
         modes=tuple(m for m in claimed if m in MODES))
     result.netgraft_report = report
-    result.netgraft_certificate = cert
     if check and noise == 0 and not cert.passed:
         raise NotPreservedError(f"deepen did not preserve the function: {cert}")
     return result

@@ -25,6 +25,7 @@ from ...core.coupling import couple
 from ...core.graph import COPY, FANIN
 from ...core.guards import check_model
 from ...core.plan import IndexMap, SpaceMaps, changes_of, plan_widths
+from ...core.rng import resolve_seed
 from ...core.space import total_size
 from ...errors import InvalidRequestError, NotPreservedError
 from .init import (
@@ -294,12 +295,13 @@ def grow_(
 
     coupling = couple(model, example_inputs, heads)
     planner = plan_widths(coupling, widths)
+    seed = resolve_seed(seed)
     raw = planner.build_maps(seed)
     maps = SpaceMaps(raw, noise, seed)
     origin = SpaceMaps({lid: IndexMap(m.src, (np.arange(len(m.src)) < coupling.by_leaf[lid].size).astype(float))
                         for lid, m in raw.items()})
     plans = [plan_group(coupling, g) for g in coupling.groups if g.leaf.id in raw]
-    generator = torch.Generator().manual_seed(0 if seed is None else seed)
+    generator = torch.Generator().manual_seed(seed)
     singular: dict[str, list[float]] = {}
     if init == "net2net":
         new = grow_tensors(coupling, maps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -13,7 +14,7 @@ from .operator import GrowReport, _inputs_of, grow_
 
 
 class GrowthSchedule:
-    """Grow `model` towards `targets` at fixed steps of a training loop, carrying the optimizer along.
+    """Grow `model` towards `widths` at fixed steps of a training loop, carrying the optimizer along.
 
     The sizes are spread evenly over the growth events (exact integers; the last event reaches the target). Because
     `grow_` keeps the model's Parameter objects and the optimizer's param_groups, learning-rate schedulers and
@@ -21,10 +22,10 @@ class GrowthSchedule:
 
     Args:
         model: the model being trained (grown in place).
-        targets: ``{module path: final size}`` as in `widen`.
+        widths: ``{module path: final size}`` as in `widen` and `grow_` (``targets=`` is the name used before).
         every, times, start: grow at ``start, start + every, ...`` (`times` events; `start` defaults to `every`).
         at: explicit growth steps instead (sorted, distinct).
-        one_at_a_time: each event grows one dimension, cycling through `targets` in order, instead of all of them.
+        one_at_a_time: each event grows one dimension, cycling through `widths` in order, instead of all of them.
         optimizer, init, loss_fn, example_inputs, **grow_kwargs: passed to `grow_` (`scale`, `seed`, ...).
         callbacks: functions ``f(step, report, model)`` called after each growth (logging, re-creating EMAs...).
 
@@ -45,7 +46,7 @@ class GrowthSchedule:
     def __init__(
         self,
         model: nn.Module,
-        targets: dict[str, int],
+        widths: dict[str, int] | None = None,
         *,
         every: int | None = None,
         times: int | None = None,
@@ -57,10 +58,18 @@ class GrowthSchedule:
         loss_fn: Callable | None = None,
         example_inputs: Any = None,
         callbacks: Iterable[Callable[[int, GrowReport, nn.Module], Any]] = (),
+        targets: dict[str, int] | None = None,
         **grow_kwargs: Any,
     ) -> None:
+        if targets is not None:  # the earlier name of `widths`
+            if widths is not None:
+                raise InvalidRequestError("give widths (or its earlier name targets), not both")
+            warnings.warn("GrowthSchedule(targets=...) is now widths=..., as in widen and grow_; targets will be "
+                          "removed in the next release", DeprecationWarning, stacklevel=2)
+            widths = targets
+        targets = widths
         if not targets or not isinstance(targets, dict):
-            raise InvalidRequestError("targets must be a non-empty dict {module path: final size}")
+            raise InvalidRequestError("widths must be a non-empty dict {module path: final size}")
         if at is not None:
             if every is not None or times is not None:
                 raise InvalidRequestError("give either `at` or `every`/`times`, not both")

@@ -188,7 +188,7 @@ def similarity(source: nn.Module, target: nn.Module, *, example_inputs: Any = No
     return _align(source, target, example_inputs)[2]
 
 
-def inject(
+def inject_(
     source: nn.Module,
     target: nn.Module,
     *,
@@ -223,7 +223,7 @@ def inject(
         >>> import torch, netgraft
         >>> src = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
         >>> dst = torch.nn.Sequential(torch.nn.Linear(8, 24), torch.nn.ReLU(), torch.nn.Linear(24, 4))
-        >>> report = netgraft.inject(src, dst)
+        >>> report = netgraft.inject_(src, dst)
         >>> [t.target for t in report.transfers]
         ['0.weight', '0.bias', '2.weight', '2.bias']
     """
@@ -263,3 +263,19 @@ def inject(
         warnings.warn(f"inject: similarity {sim:.3f} is below {warn_below}; transfer between such different "
                       "architectures tends to hurt (DPIAT)", stacklevel=2)
     return report
+
+
+def inject(source: nn.Module, target: nn.Module, **kwargs: Any) -> InjectionReport:
+    """The earlier name of `inject_` (it writes into `target` in place, so its name now ends in `_`); kept for one
+    release, with a DeprecationWarning.
+
+    Example:
+        >>> import torch, warnings, netgraft
+        >>> a, b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+        >>> with warnings.catch_warnings(record=True):
+        ...     netgraft.inject(a, b).similarity
+        1.0
+    """
+    warnings.warn("netgraft.inject is now netgraft.inject_ (it writes into the target in place); inject will be "
+                  "removed in the next release", DeprecationWarning, stacklevel=2)
+    return inject_(source, target, **kwargs)
