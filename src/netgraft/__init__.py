@@ -9,6 +9,7 @@ Public API:
     inject_(source, target) -> InjectionReport: data-free transfer into a different architecture, in place (TLI)
     similarity(source, target) -> float in [0, 1]: how much of target the source can seed
     groups(model, example_inputs) -> table of coupled dimensions
+    grow_checkpoint(src_dir, out_dir, ConfigSizes(...)) -> grow a Hugging Face checkpoint directory in bounded memory
     check_preserved(a, b, example_inputs) -> Certificate (max output difference)
     register_op / register_layer / RuleContext -> extension point: how custom ops and layers couple their axes
     LayerKind / register_kind -> extension point: the rest netgraft knows about a layer type (deepen, grow_, inject)
@@ -22,6 +23,7 @@ from .core.layers import LayerKind, TracedLayer, register_kind, unregister_kind
 from .core.registry import RuleContext, register_layer, register_op, unregister_layer, unregister_op
 from .errors import InvalidRequestError, NetgraftError, NotPreservedError, UnknownNameError, UnsupportedModelError
 from .hf.request import ConfigSizes
+from .hf.stream import grow_checkpoint
 from .ops.deepen import Deepened, DeepenReport, GatedBlock, Insertion, ResidualInsert, deepen, fold_gates, set_gates_
 from .ops.grow import GrowReport, GrowthSchedule, grow_
 from .ops.inject import SIMILARITY_THRESHOLD, InjectionReport, inject, inject_, similarity
@@ -61,6 +63,7 @@ __all__ = [
     "WidenReport",
     "check_preserved",
     "groups",
+    "grow_checkpoint",
     "register_kind",
     "register_layer",
     "register_op",
