@@ -11,7 +11,7 @@ import netgraft
 
 # Every function netgraft exports, and the classes whose use is a recipe (the extension point, the schedule).
 FUNCTIONS = [getattr(netgraft, n) for n in netgraft.__all__ if inspect.isfunction(getattr(netgraft, n))]
-CLASSES = [netgraft.GrowthSchedule, netgraft.LayerKind]
+CLASSES = [netgraft.GrowthSchedule, netgraft.LayerKind, netgraft.MoE]
 
 
 def run_examples(obj: object) -> tuple[int, int]:

@@ -9,6 +9,7 @@ Public API:
     inject_(source, target) -> InjectionReport: data-free transfer into a different architecture, in place (TLI)
     similarity(source, target) -> float in [0, 1]: how much of target the source can seed
     groups(model, example_inputs) -> table of coupled dimensions
+    upcycle(model, num_experts=E, top_k=k, granularity=1) -> mixture-of-experts copy computing the same function
     grow_checkpoint(src_dir, out_dir, ConfigSizes(...)) -> grow a Hugging Face checkpoint directory in bounded memory
     check_preserved(a, b, example_inputs) -> Certificate (max output difference)
     register_op / register_layer / RuleContext -> extension point: how custom ops and layers couple their axes
@@ -27,12 +28,16 @@ from .hf.stream import grow_checkpoint
 from .ops.deepen import Deepened, DeepenReport, GatedBlock, Insertion, ResidualInsert, deepen, fold_gates, set_gates_
 from .ops.grow import GrowReport, GrowthSchedule, grow_
 from .ops.inject import SIMILARITY_THRESHOLD, InjectionReport, inject, inject_, similarity
+from .ops.upcycle import MoE, UpcycleReport, upcycle
 from .ops.widen import WidenReport, widen
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Certificate",
+    "MoE",
+    "UpcycleReport",
+    "upcycle",
     "ConfigSizes",
     "InvalidRequestError",
     "NetgraftError",

@@ -115,12 +115,13 @@ def widen_state(model: nn.Module, plan: WidthPlan) -> dict[str, torch.Tensor]:
     return {name: widener(name, t) for name, t in model.state_dict().items() if name != output}
 
 
-def build_like(model: nn.Module, config: Any, state: dict[str, torch.Tensor], family: Family) -> nn.Module:
-    """A model of the same class from `config`, on the meta device (no init), filled with `state`. Non-persistent
-    buffers (rotary inv_freq, position ids) are carried over from `model`, except those derived from a size that
-    changed (Gemma's embedding scale sqrt(hidden_size)), which are computed again."""
+def build_like(model: nn.Module, config: Any, state: dict[str, torch.Tensor], family: Family,
+               cls: type | None = None) -> nn.Module:
+    """A model of the same class (or `cls`) from `config`, on the meta device (no init), filled with `state`.
+    Non-persistent buffers (rotary inv_freq, position ids) are carried over from `model`, except those derived from a
+    size that changed (Gemma's embedding scale sqrt(hidden_size)), which are computed again."""
     with torch.device("meta"):
-        new = type(model)(config)
+        new = (cls or type(model))(config)
     missing = set(new.state_dict()) - set(state)
     is_tied = tied(new)
     if is_tied:
