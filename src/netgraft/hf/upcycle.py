@@ -18,6 +18,7 @@ projections 0). Both are exact.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,7 @@ UPCYCLE_TO = {"llama": "mixtral", "mistral": "mixtral", "qwen2": "qwen2_moe", "q
               "mixtral": "mixtral", "qwen2_moe": "qwen2_moe", "qwen3_moe": "qwen3_moe"}
 SHARED_EXPERT = ("zero", "dense")
 _MLP = "mlp."  # transformers 5 names the FFN of every layer of these families `mlp`
+_LAYER_FFN = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.(.+)$")
 
 
 def target_for(config: Any) -> MoETarget:
@@ -117,15 +119,10 @@ class UpcyclePlan:
 
     def layer_of(self, name: str) -> tuple[int, str] | None:
         """(layer, the name after ``mlp.``) for a tensor of an MoE layer's FFN, else None."""
-        marker = ".layers."
-        at = name.find(marker)
-        if at < 0 or f".{_MLP}" not in name:
+        found = _LAYER_FFN.search(name)
+        if found is None or int(found.group(1)) not in self.layers:
             return None
-        rest = name[at + len(marker):]
-        index, _, tail = rest.partition(".")
-        if not index.isdigit() or not tail.startswith(_MLP) or int(index) not in self.layers:
-            return None
-        return int(index), tail[len(_MLP):]
+        return int(found.group(1)), found.group(2)
 
     def produce(self, name: str, get: Callable[[str], torch.Tensor]) -> torch.Tensor:
         """The target's tensor `name`, from the source's tensors `get(source name)`."""

@@ -222,3 +222,19 @@ def test_attention_bias_the_target_cannot_hold_is_refused() -> None:
         netgraft.upcycle(dense("llama", attention_bias=True), num_experts=4, top_k=2)
     with pytest.raises(netgraft.NetgraftError, match="mlp_bias"):
         netgraft.upcycle(dense("llama", mlp_bias=True), num_experts=4, top_k=2)
+
+
+@pytest.mark.parametrize("family, cls, want", [("llama", "LlamaForSequenceClassification",
+                                                 "MixtralForSequenceClassification"),
+                                                ("qwen2", "Qwen2Model", "Qwen2MoeModel")])
+def test_task_heads_and_base_models_map_to_their_moe_class(family: str, cls: str, want: str) -> None:
+    prefix, more = DENSE[family]
+    torch.manual_seed(0)
+    cfg = getattr(transformers, f"{prefix}Config")(**BASE, **more, num_labels=3, pad_token_id=0)
+    src = getattr(transformers, cls)(cfg).eval()
+    moe = netgraft.upcycle(src, num_experts=4, top_k=2, seed=0)
+    assert type(moe).__name__ == want and moe.netgraft_report.certificate.passed
+    ids = fresh_ids()
+    with torch.no_grad():
+        a, b = src(ids)[0], moe(ids)[0]
+    assert (a - b).abs().max() <= bound(a)
