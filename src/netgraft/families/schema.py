@@ -15,6 +15,9 @@ units start at zero even where the stream's start at its mean). Composites are d
 ``("cat", "heads", "kv", "kv")`` for a fused q|k|v, ``("per_head", "heads", 3)`` for NeoX's q,k,v interleaved
 per head. Every other name (``vocab``, ``positions``, ``experts``, ``labels``, ``one``...) is an axis that keeps its
 size.
+
+Names are those of the model in memory. Where the hub stores a tensor otherwise (transformers 5 fuses a mixture of
+experts on load and splits it again on save), `Stored` says how, per family, and `netgraft.hf.stored` applies it.
 """
 
 from __future__ import annotations
@@ -56,6 +59,25 @@ class Depth:
 
 
 @dataclass(frozen=True)
+class Stored:
+    """How a family's checkpoints store tensors that its transformers 5 model holds under other names or fused.
+
+    Names are inside the base model, ``{i}`` a layer's index, ``{e}`` an expert's (as in `Family.weights`).
+    `experts`: a fused model tensor -> the stored tensors of one expert whose concatenation along their first axis is
+    that expert's slice (the model tensor's first axis is the expert). Mixtral's gate|up, for instance:
+
+        "layers.{i}.mlp.experts.gate_up_proj": ("layers.{i}.block_sparse_moe.experts.{e}.w1.weight",    # gate
+                                                "layers.{i}.block_sparse_moe.experts.{e}.w3.weight"),   # up
+
+    (experts, 2 x ffn, stream) in memory, 2 x experts tensors of (ffn, stream) on disk. `renamed`: model prefix ->
+    stored prefix for the other tensors under it (Mixtral's router, ``mlp.gate.weight`` on disk as
+    ``block_sparse_moe.gate.weight``). What transformers' `conversion_mapping.py` does on load, as data."""
+
+    experts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Family:
     """One Hugging Face architecture family, declaratively (see the module docstring)."""
 
@@ -73,6 +95,7 @@ class Family:
     head_norms: tuple[str, ...] = ()  # task heads' norms over a hidden-sized value, full names
     pre_norm: bool = True
     depth: Depth = Depth()
+    stored: Stored = Stored()  # how checkpoints store what the model holds otherwise (none: as in memory)
     tied: tuple[str, str] | None = None  # (output weight, input embedding weight) when the config ties them
     final_norm: str = ""  # the norm (inside the base) whose output the tied output layer reads
     embed_scale: bool = False  # embeddings are multiplied by sqrt(hidden_size) (Gemma)

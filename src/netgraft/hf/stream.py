@@ -14,6 +14,11 @@ So the source is read about twice and the result written once, with one module's
 forward) in memory at a time; peak memory does not grow with depth. The certificate measures the outputs of both
 passes exactly as the in-memory certificate does (the same probes, the float32 bound, NaN never passes), in eval mode;
 train mode and cached decoding, which would each need more passes over the checkpoint, are the in-memory path's.
+
+Tensors are named as the model holds them, and read and written through the family's stored layout
+(`netgraft.hf.stored`): experts the model holds fused are read from the hub's per-expert tensors (or from fused
+ones, which transformers also loads) and written per expert again, so the output holds the keys `save_pretrained`
+writes and `from_pretrained` of the same class loads it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import copy
 import inspect
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +53,7 @@ from .errors import HFError
 from .front import HFReport, _Outputs, family_of, new_config
 from .plan import REQUEST_FIELDS, Sizes, config_value, plan_sizes, plan_widen
 from .request import DEPTH_FIELDS, WIDTH_FIELDS, ConfigSizes
+from .stored import StoredLayout
 from .tensors import Widener
 
 
@@ -158,11 +165,18 @@ def _run(model: nn.Module, inputs: dict, load: Callable[[str], torch.Tensor], se
 
 # -- the engine ------------------------------------------------------------------------------------------------------
 
-def _strict_names(ckpt: LazyCheckpoint, model: nn.Module, cls: type) -> None:
-    expected = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+def _stored_layout(ckpt: LazyCheckpoint, model: nn.Module, family: Family) -> StoredLayout:
+    """The source checkpoint's layout: each of the model's tensors (a tied output excepted: stored once, under the
+    embedding's name) in the family's stored layout, or under its own name where the checkpoint has that."""
     tied_out = _tied_output(model)
-    if tied_out is not None:  # stored once, under the embedding's name
-        expected.pop(tied_out, None)
+    shapes = {n: tuple(t.shape) for n, t in model.state_dict().items() if n != tied_out}
+    return StoredLayout(family, shapes, present=ckpt.names())
+
+
+def _strict_names(ckpt: LazyCheckpoint, model: nn.Module, cls: type, layout: StoredLayout) -> None:
+    """Every stored tensor the model needs is in the checkpoint with its shape, and every one there is used."""
+    expected = layout.stored_shapes()
+    tied_out = _tied_output(model)
     names = {n: ckpt.shape(n) for n in ckpt.names() if n != tied_out}
     ignore = list(getattr(cls, "_keys_to_ignore_on_load_unexpected", None) or [])
     buffers = [n for n, _ in model.named_buffers()]  # legacy persistent buffers transformers skips, as it does
@@ -232,7 +246,13 @@ def grow_checkpoint(src: str | Path, out: str | Path, sizes: ConfigSizes, *, max
     cls = model_class(config)
     ckpt = LazyCheckpoint(src)
     source = skeleton(cls, config)
-    _strict_names(ckpt, source, cls)
+    stored = _stored_layout(ckpt, source, family)
+    _strict_names(ckpt, source, cls, stored)
+
+    def read(name: str) -> torch.Tensor:
+        """A tensor of the source model, read (and for fused experts assembled) from the source checkpoint."""
+        return stored.read(name, ckpt.get)
+
     old = Sizes.of(config, family)
     if depth:
         now = copy.copy(old)
@@ -249,18 +269,22 @@ def grow_checkpoint(src: str | Path, out: str | Path, sizes: ConfigSizes, *, max
         grown_config = new_config(config, family, now, old.hidden if pad else None)
     result = skeleton(cls, grown_config)
     tied_out = _tied_output(result)
-    names = [n for n in result.state_dict() if n != tied_out]
-    shapes = result.state_dict()
+    shapes = {n: tuple(t.shape) for n, t in result.state_dict().items() if n != tied_out}
+    names = list(shapes)
     if depth:
-        sources = depth_sources(list(ckpt.names()), family, old.layers, now.layers)
+        sources = depth_sources(stored.names(), family, old.layers, now.layers)
     else:
         sources = {n: (n, "widen") for n in names}
-    entries = [Entry(n, ckpt.dtype(sources[n][0]), tuple(shapes[n].shape)) for n in names]
+    # the output in the hub's layout: planned, cut into shards and indexed by stored names (a tensor keeps the dtype
+    # its source is stored in)
+    target = StoredLayout(family, shapes)
+    entries = [Entry(part.name, ckpt.dtype(stored.parts(sources[n][0])[0].name), part.shape)
+               for n in names for part in target.parts(n)]
     extras, skipped = side_files(src)
     check_disk(sum(e.nbytes for e in entries) + sum(t.stat().st_size for _, t in extras), out)
     # one module's weights at a time: the largest tensor, as read, as grown and as the float32 copies the forward
     # runs with, is the bound on memory (plus activations of a few probe sequences)
-    largest = max(e.nbytes // max(1, torch.empty((), dtype=e.dtype).element_size()) for e in entries)
+    largest = max(math.prod(shape) for shape in shapes.values())  # a fused tensor (one layer's experts) counts whole
     check_memory(largest * (2 + 4 + 4), "the largest layer of the grown model")
     plan = None
     if not depth:
@@ -273,23 +297,28 @@ def grow_checkpoint(src: str | Path, out: str | Path, sizes: ConfigSizes, *, max
     select = _Outputs()
     with atomic_dir(out, force) as tmp:
         writer = ShardWriter(tmp, shards)
+        produced: set[str] = set()
 
         def produce(name: str) -> torch.Tensor:
-            """The grown tensor `name`, computed from the source, written once, and returned."""
-            if name in writer.written:  # a tensor used by a second module (a tie): as written
-                return writer.read(name)
+            """The grown tensor `name`, computed from the source, written once (as its stored tensors), returned."""
+            if name in produced:  # a tensor used by a second module (a tie): as written
+                return target.read(name, writer.read)
             src_name, how = sources[name]
-            t = ckpt.get(src_name)
+            t = read(src_name)
             new = depth_tensor(t, how) if depth else widener(name, t)
-            writer.write(name, new)
+            del t
+            for part_name, part in target.split(name, new):
+                writer.write(part_name, part)
+            produced.add(name)
             track.add(new.numel() * new.element_size())
             return new
 
-        reference = _run(source, inputs, ckpt.get, select)
+        reference = _run(source, inputs, read, select)
         names_ref = list(select.names)
         got = _run(result, inputs, produce, select)
-        for name in writer.missing():  # tensors no module ran with (an unused head): produced all the same
-            produce(name)
+        for name in names:  # tensors no module ran with (an unused head): produced all the same
+            if name not in produced:
+                produce(name)
         writer.finish()
         ckpt.close()
         cert = _certificate(reference, got, rows, names_ref, plan, select)
