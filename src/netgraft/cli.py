@@ -1,9 +1,12 @@
-"""`netgraft` command line: inspect, widen and deepen Hugging Face model directories (config.json + safetensors).
+"""`netgraft` command line: inspect, widen, deepen and upcycle Hugging Face model directories (config.json +
+safetensors), streamed in bounded memory (`netgraft.hf.stream`).
 
     netgraft inspect DIR
     netgraft widen DIR -o OUT --hidden-size N [--intermediate-size N] [--num-attention-heads N]
-                                [--num-key-value-heads N] [--seed S] [--force]
+                                [--num-key-value-heads N] [--seed S] [--force] [--max-shard-size 5GB]
     netgraft deepen DIR -o OUT --num-hidden-layers N [--force]        (--num-layers: the same)
+    netgraft upcycle DIR -o OUT --num-experts N --top-k K [--granularity G] [--layers 0,2,4 | ::2]
+                                [--split copies|segments] [--shared-expert zero|dense] [--seed S] [--force]
 
 Contract (every refusal or failure: exit status 2 and exactly one line on stderr, `netgraft <command>: <reason>`;
 Ctrl-C: status 130):
@@ -25,9 +28,9 @@ Ctrl-C: status 130):
   symlinks are followed only within DIR (and, for a Hugging Face cache snapshot, into its blobs folder).
 * Sizes are whole numbers from 1 to 2**31 - 1; a size equal to the current one leaves that dimension unchanged, but a
   widen that grows nothing is refused (as is a size below the current one, and a --num-hidden-layers that does not
-  exceed the current depth). Before loading, the result's size is estimated from the config (parameters after
-  growth x the checkpoint's bytes per parameter); a run that would need more memory (source + result) than is
-  available, or more disk than is free where OUT goes, is refused with the figures.
+  exceed the current depth). Before anything is read, the output is planned from the config (every tensor's shape
+  and dtype); a run that would need more disk than is free where OUT goes, or more memory than is available for its
+  largest layer (the conversion streams: one module's tensors at a time), is refused with the figures.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ from . import hf
 from .errors import NetgraftError, one_line
 from .hf.plan import plan_sizes
 from .hf.request import ConfigSizes
-from .hf.stream import grow_checkpoint
+from .hf.stream import grow_checkpoint, upcycle_checkpoint
+from .hf.upcycle import UPCYCLE_TO
 from .io.atomic import check_paths, placed
 from .io.checkpoint import load_config
 from .io.resources import human
@@ -63,8 +67,18 @@ class _Terminated(BaseException):
 MAX_SIZE = 2**31 - 1
 
 
+def _progress_bar(desc: str) -> tuple[Any, Any]:
+    """A progress bar and the callback the streaming engine feeds it: bytes written of the total, with an ETA."""
+    bar = _progress(0, desc)
 
-
+    def progress(done: int, total: int, seconds: float) -> None:
+        if getattr(bar, "total", None) != total:
+            bar.total = total
+        bar.n = done
+        rate = done / seconds if seconds > 0 else 0.0
+        bar.set_postfix_str(f"{human(done)} of {human(total)}" + (f", ETA {(total - done) / rate:.0f} s"
+                                                                    if rate > 0 and done < total else ""))
+    return bar, progress
 
 
 def _progress(total: int, desc: str) -> Any:
@@ -85,24 +99,6 @@ def _progress(total: int, desc: str) -> Any:
 
         return _Plain()
     return tqdm(total=total, desc=desc, file=sys.stderr, disable=not show)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # ------------------------------------------------------------------------------------------------ the sizes
@@ -133,8 +129,6 @@ _WIDEN_OPTIONS = (("hidden_size", "hidden", "--hidden-size"), ("intermediate_siz
 def requested_sizes(args: argparse.Namespace, op: str, config: Any) -> tuple[dict[str, int], Any]:
     """The growth asked for, checked against the current sizes (no shrinking, something must grow), and the
     resulting sizes as far as the config tells (used for the size estimate; the growth itself decides exactly)."""
-
-
     try:
         fam = hf.family_of(config)
         old = hf.Sizes.of(config, fam)
@@ -163,26 +157,6 @@ def requested_sizes(args: argparse.Namespace, op: str, config: Any) -> tuple[dic
         raise CliError(one_line(err)) from err
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # ------------------------------------------------------------------------------------------------------- grow
 def _grow(args: argparse.Namespace, op: str) -> int:
     """widen / deepen a directory: the streaming engine (`netgraft.hf.stream.grow_checkpoint`), which the Python
@@ -191,16 +165,7 @@ def _grow(args: argparse.Namespace, op: str) -> int:
     check_paths(src, out, args.force)
     config = load_config(src)
     kwargs, _ = requested_sizes(args, op, config)
-    bar = _progress(0, f"netgraft {op}")
-
-    def progress(done: int, total: int, seconds: float) -> None:
-        if getattr(bar, "total", None) != total:
-            bar.total = total
-        bar.n = done
-        rate = done / seconds if seconds > 0 else 0.0
-        bar.set_postfix_str(f"{human(done)} of {human(total)}" + (f", ETA {(total - done) / rate:.0f} s"
-                                                                    if rate > 0 and done < total else ""))
-
+    bar, progress = _progress_bar(f"netgraft {op}")
     report = grow_checkpoint(src, out, ConfigSizes(**kwargs), max_shard_size=args.max_shard_size,
                              seed=getattr(args, "seed", 0), force=args.force, progress=progress)
     bar.close()
@@ -209,8 +174,44 @@ def _grow(args: argparse.Namespace, op: str) -> int:
     return 0
 
 
-def _inspect(args: argparse.Namespace) -> int:
+def _layers(text: str) -> list[int] | str:
+    """argparse type of --layers: indices ``0,2,4`` or a Python slice ``::2`` / ``1:8:2`` (resolved against the
+    model's depth later)."""
+    value = text.replace(" ", "")
+    if re.fullmatch(r"[0-9]+(,[0-9]+)*", value):
+        return [int(v) for v in value.split(",")]
+    if re.fullmatch(r"-?[0-9]*:-?[0-9]*(:-?[0-9]+)?", value) and value != ":0":
+        return value
+    raise argparse.ArgumentTypeError(f"'{text}' is not a layer list (e.g. 0,2,4) or slice (e.g. ::2, 1:8:2)")
 
+
+def _upcycle(args: argparse.Namespace) -> int:
+    """upcycle a directory: the streaming engine (`netgraft.hf.stream.upcycle_checkpoint`)."""
+    src, out = Path(args.dir), Path(args.output)
+    check_paths(src, out, args.force)
+    config = load_config(src)
+    layers = args.layers
+    if isinstance(layers, str):
+        n = int(getattr(config, "num_hidden_layers", 0) or 0)
+        parts = [int(p) if p else None for p in layers.split(":")]
+        try:
+            layers = list(range(n))[slice(*parts)]
+        except ValueError as err:
+            raise CliError(f"--layers {args.layers}: {err}") from err
+        if not layers:
+            raise CliError(f"--layers {args.layers} selects no layer of the {n}")
+    bar, progress = _progress_bar("netgraft upcycle")
+    report = upcycle_checkpoint(src, out, num_experts=args.num_experts, top_k=args.top_k,
+                                granularity=args.granularity, layers=layers, split=args.split,
+                                shared_expert=args.shared_expert, seed=args.seed, max_shard_size=args.max_shard_size,
+                                force=args.force, progress=progress)
+    bar.close()
+    print(report)
+    print(f"wrote {out}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
     config = load_config(Path(args.dir))
     try:
         info = hf.describe(config)
@@ -224,6 +225,8 @@ def _inspect(args: argparse.Namespace) -> int:
                 print(f"  {k:<20} {v}")
         else:
             print(f"{key:<{width}}  {value}")
+    if config.model_type in UPCYCLE_TO:
+        print(f"upcycle: -> {UPCYCLE_TO[config.model_type]} (netgraft upcycle DIR -o OUT --num-experts N --top-k K)")
     return 0
 
 
@@ -240,7 +243,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     i = sub.add_parser("inspect", help="family, sizes and which operations are exact")
     i.add_argument("dir")
-    for name, helptext in (("widen", "widen hidden size / FFN / heads"), ("deepen", "add layers")):
+    for name, helptext in (("widen", "widen hidden size / FFN / heads"), ("deepen", "add layers"),
+                           ("upcycle", "dense FFNs -> mixture of experts, or an MoE -> more experts")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("dir")
         s.add_argument("-o", "--output", required=True, help="output directory (written atomically; may not be, "
@@ -248,7 +252,19 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--force", action="store_true", help="replace OUT if it exists (atomically)")
         s.add_argument("--max-shard-size", default="5GB", help="largest output shard (e.g. 5GB, 500MB, 2GiB; the "
                        "hub's default 5GB); one shard is written as model.safetensors")
-        if name == "widen":
+        if name == "upcycle":
+            s.add_argument("--num-experts", type=_size, required=True, help="routed experts per MoE layer")
+            s.add_argument("--top-k", type=_size, help="experts per token (dense: required, a multiple of "
+                           "--granularity; an MoE: default and only exact value m x its top-k)")
+            s.add_argument("--granularity", type=_size, default=1, help="dense: experts as 1/G slices of the FFN")
+            s.add_argument("--layers", type=_layers, help="layers to upcycle: 0,2,4 or a slice such as ::2 "
+                           "(Qwen2/Qwen3; default all)")
+            s.add_argument("--split", choices=("copies", "segments"), help="an MoE -> more experts: copies "
+                           "(default) or segments (same active compute)")
+            s.add_argument("--shared-expert", choices=("zero", "dense"), default="zero", help="Qwen2 -> Qwen2-MoE: "
+                           "the shared expert starts silent (zero) or carries the dense FFN (dense)")
+            s.add_argument("--seed", type=_seed, default=0, help="seed of the routers and the copies' split")
+        elif name == "widen":
             for _, _, flag in _WIDEN_OPTIONS:
                 s.add_argument(flag, type=_size, help="new size (a whole number; the current one = unchanged)")
             s.add_argument("--seed", type=_seed, default=0, help="seed of the FFN's Net2Net map")
@@ -308,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore")  # library warnings would add lines to stderr
             if args.command == "inspect":
                 return _inspect(args)
+            if args.command == "upcycle":
+                return _upcycle(args)
             return _grow(args, args.command)
     except (Exception, KeyboardInterrupt, _Terminated) as err:  # noqa: BLE001 - every failure: one line, status
         message, status = _failure(err)

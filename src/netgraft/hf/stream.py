@@ -55,6 +55,7 @@ from .plan import REQUEST_FIELDS, Sizes, config_value, plan_sizes, plan_widen
 from .request import DEPTH_FIELDS, WIDTH_FIELDS, ConfigSizes
 from .stored import StoredLayout
 from .tensors import Widener
+from .upcycle import check_names, plan_upcycle, target_class, upcycle_changes
 
 
 @dataclass
@@ -212,6 +213,119 @@ def _probe_batch(config: Any, family: Family) -> tuple[dict, list[tuple[str, sli
     return {key: torch.cat(parts)}, rows
 
 
+@dataclass
+class _Source:
+    """An opened source checkpoint: its config, family and class, the lazy reader and the skeleton it fills."""
+
+    path: Path
+    config: Any
+    family: Family
+    cls: type
+    ckpt: LazyCheckpoint
+    model: nn.Module
+    stored: StoredLayout
+
+    @classmethod
+    def open(cls, src: Path) -> _Source:
+        config = load_config(src)
+        family = family_of(config)
+        model_cls = model_class(config)
+        ckpt = LazyCheckpoint(src)
+        model = skeleton(model_cls, config)
+        stored = _stored_layout(ckpt, model, family)
+        _strict_names(ckpt, model, model_cls, stored)
+        return cls(src, config, family, model_cls, ckpt, model, stored)
+
+    def read(self, name: str) -> torch.Tensor:
+        """A tensor of the source model, read (and for fused experts assembled) from the source checkpoint."""
+        return self.stored.read(name, self.ckpt.get)
+
+    def dtype(self, name: str) -> torch.dtype:
+        """The dtype the source stores model tensor `name` in."""
+        return self.ckpt.dtype(self.stored.parts(name)[0].name)
+
+
+@dataclass
+class _Conversion:
+    """One streamed conversion, for the engine (`_convert`): the result's class and config, how each of its tensors is
+    made from the source's (`make(name, read)`), which source tensor's dtype it keeps, and how to report it."""
+
+    operation: str
+    cls: type
+    config: Any
+    make: Callable[[str, Callable[[str], torch.Tensor]], torch.Tensor]
+    dtype_from: Callable[[str], str]
+    changes: dict[str, tuple[Any, Any]]
+    # called once memory and disk are known to suffice (a width plan's maps can be as large as the result's axes);
+    # returns a width plan, through which the certificate maps the source's hidden states, or None
+    prepare: Callable[[], Any] = lambda: None
+
+
+def _convert(source: _Source, out: Path, conv: _Conversion, *, max_shard_size: int | str, force: bool, check: bool,
+             progress: Callable[[int, int, float], None] | None) -> HFReport:
+    """The engine every streamed operation runs (see the module docstring)."""
+    result = skeleton(conv.cls, conv.config)
+    tied_out = _tied_output(result)
+    shapes = {n: tuple(t.shape) for n, t in result.state_dict().items() if n != tied_out}
+    names = list(shapes)
+    # the output in the hub's layout of its family: planned, cut into shards and indexed by stored names (a tensor
+    # keeps the dtype its source is stored in)
+    target = StoredLayout(family_of(conv.config), shapes)
+    entries = [Entry(part.name, source.dtype(conv.dtype_from(n)), part.shape)
+               for n in names for part in target.parts(n)]
+    extras, skipped = side_files(source.path)
+    check_disk(sum(e.nbytes for e in entries) + sum(t.stat().st_size for _, t in extras), out)
+    # one module's weights at a time: the largest tensor, as read, as grown and as the float32 copies the forward
+    # runs with, is the bound on memory (plus activations of a few probe sequences)
+    largest = max(math.prod(shape) for shape in shapes.values())  # a fused tensor (one layer's experts) counts whole
+    check_memory(largest * (2 + 4 + 4), "the largest layer of the result")
+    plan = conv.prepare()
+    shards = plan_shards(entries, parse_size(max_shard_size))
+    track = Progress(sum(e.nbytes for e in entries), progress)
+    inputs, rows = _probe_batch(source.config, source.family)
+    select = _Outputs()
+    with atomic_dir(out, force) as tmp:
+        writer = ShardWriter(tmp, shards)
+        produced: set[str] = set()
+
+        def produce(name: str) -> torch.Tensor:
+            """The result's tensor `name`, made from the source, written once (as its stored tensors), returned."""
+            if name in produced:  # a tensor used by a second module (a tie): as written
+                return target.read(name, writer.read)
+            new = conv.make(name, source.read)
+            for part_name, part in target.split(name, new):
+                writer.write(part_name, part)
+            produced.add(name)
+            track.add(new.numel() * new.element_size())
+            return new
+
+        reference = _run(source.model, inputs, source.read, select)
+        names_ref = list(select.names)
+        got = _run(result, inputs, produce, select)
+        for name in names:  # tensors no module ran with (an unused head): produced all the same
+            if name not in produced:
+                produce(name)
+        writer.finish()
+        source.ckpt.close()
+        cert = _certificate(reference, got, rows, names_ref, plan, select)
+        if check and not cert.passed:
+            raise NotPreservedError(f"{conv.operation} of the {source.family.name} checkpoint did not preserve its "
+                                    f"outputs: {cert}")
+        conv.config.save_pretrained(tmp)
+        generation = source.path / "generation_config.json"
+        if generation.is_file():
+            shutil.copyfile(generation, tmp / generation.name)
+        for entry, side in extras:
+            if not (tmp / entry.name).exists():
+                shutil.copyfile(side, tmp / entry.name)
+        (tmp / "netgraft.json").write_text(json.dumps({
+            "operation": conv.operation, "source": str(source.path), "changes": conv.changes,
+            "shards": len(shards), "certificate": {"max_abs": cert.max_abs, "bound": cert.bound, "passed": cert.passed,
+                                                   "inputs": list(cert.inputs), "modes": list(cert.modes)},
+            "not_copied": dict(skipped)}, indent=1) + "\n")
+    return HFReport(source.family.name, conv.changes, cert, dict(skipped))
+
+
 def grow_checkpoint(src: str | Path, out: str | Path, sizes: ConfigSizes, *, max_shard_size: int | str = "5GB",
                     seed: int | None = None, noise: float = 0.0, force: bool = False, check: bool = True,
                     progress: Callable[[int, int, float], None] | None = None) -> HFReport:
@@ -241,18 +355,8 @@ def grow_checkpoint(src: str | Path, out: str | Path, sizes: ConfigSizes, *, max
     if not request or (not depth and set(request) - set(WIDTH_FIELDS)):
         raise HFError(f"grow_checkpoint: {sizes} must give widths or num_hidden_layers (not both)")
     check_paths(src, out, force)
-    config = load_config(src)
-    family = family_of(config)
-    cls = model_class(config)
-    ckpt = LazyCheckpoint(src)
-    source = skeleton(cls, config)
-    stored = _stored_layout(ckpt, source, family)
-    _strict_names(ckpt, source, cls, stored)
-
-    def read(name: str) -> torch.Tensor:
-        """A tensor of the source model, read (and for fused experts assembled) from the source checkpoint."""
-        return stored.read(name, ckpt.get)
-
+    source = _Source.open(src)
+    config, family = source.config, source.family
     old = Sizes.of(config, family)
     if depth:
         now = copy.copy(old)
@@ -264,82 +368,34 @@ def grow_checkpoint(src: str | Path, out: str | Path, sizes: ConfigSizes, *, max
         grown_config = new_config(config, family, now)
         for key, value in depth_config(config, old.layers, now.layers).items():
             setattr(grown_config, key, value)
+        sources = depth_sources(source.stored.names(), family, old.layers, now.layers)
+
+        def make(name: str, read: Callable[[str], torch.Tensor]) -> torch.Tensor:
+            src_name, how = sources[name]
+            return depth_tensor(read(src_name), how)
+
+        def prepare() -> None:
+            return None
     else:  # sizes first (checked, nothing allocated), the maps once memory and disk are known to suffice
         _, now, pad = plan_sizes(config, family, request)
         grown_config = new_config(config, family, now, old.hidden if pad else None)
-    result = skeleton(cls, grown_config)
-    tied_out = _tied_output(result)
-    shapes = {n: tuple(t.shape) for n, t in result.state_dict().items() if n != tied_out}
-    names = list(shapes)
-    if depth:
-        sources = depth_sources(stored.names(), family, old.layers, now.layers)
-    else:
-        sources = {n: (n, "widen") for n in names}
-    # the output in the hub's layout: planned, cut into shards and indexed by stored names (a tensor keeps the dtype
-    # its source is stored in)
-    target = StoredLayout(family, shapes)
-    entries = [Entry(part.name, ckpt.dtype(stored.parts(sources[n][0])[0].name), part.shape)
-               for n in names for part in target.parts(n)]
-    extras, skipped = side_files(src)
-    check_disk(sum(e.nbytes for e in entries) + sum(t.stat().st_size for _, t in extras), out)
-    # one module's weights at a time: the largest tensor, as read, as grown and as the float32 copies the forward
-    # runs with, is the bound on memory (plus activations of a few probe sequences)
-    largest = max(math.prod(shape) for shape in shapes.values())  # a fused tensor (one layer's experts) counts whole
-    check_memory(largest * (2 + 4 + 4), "the largest layer of the grown model")
-    plan = None
-    if not depth:
-        plan = plan_widen(config, family, request, resolve_seed(seed))
-        plan.noise = noise
-        widener = Widener(plan, _tied_output(source) is not None)
-    shards = plan_shards(entries, parse_size(max_shard_size))
-    track = Progress(sum(e.nbytes for e in entries), progress)
-    inputs, rows = _probe_batch(config, family)
-    select = _Outputs()
-    with atomic_dir(out, force) as tmp:
-        writer = ShardWriter(tmp, shards)
-        produced: set[str] = set()
+        sources = {}
+        widener: list[Widener] = []
 
-        def produce(name: str) -> torch.Tensor:
-            """The grown tensor `name`, computed from the source, written once (as its stored tensors), returned."""
-            if name in produced:  # a tensor used by a second module (a tie): as written
-                return target.read(name, writer.read)
-            src_name, how = sources[name]
-            t = read(src_name)
-            new = depth_tensor(t, how) if depth else widener(name, t)
-            del t
-            for part_name, part in target.split(name, new):
-                writer.write(part_name, part)
-            produced.add(name)
-            track.add(new.numel() * new.element_size())
-            return new
+        def prepare() -> Any:
+            plan = plan_widen(config, family, request, resolve_seed(seed))
+            plan.noise = noise
+            widener.append(Widener(plan, _tied_output(source.model) is not None))
+            return plan
 
-        reference = _run(source, inputs, read, select)
-        names_ref = list(select.names)
-        got = _run(result, inputs, produce, select)
-        for name in names:  # tensors no module ran with (an unused head): produced all the same
-            if name not in produced:
-                produce(name)
-        writer.finish()
-        ckpt.close()
-        cert = _certificate(reference, got, rows, names_ref, plan, select)
-        if check and not cert.passed:
-            raise NotPreservedError(f"growing the {family.name} checkpoint did not preserve its outputs: {cert}")
-        grown_config.save_pretrained(tmp)
-        generation = src / "generation_config.json"
-        if generation.is_file():
-            shutil.copyfile(generation, tmp / generation.name)
-        for entry, target in extras:
-            if not (tmp / entry.name).exists():
-                shutil.copyfile(target, tmp / entry.name)
-        changes = {k: (getattr(old, f), getattr(now, f)) for k, f in {**REQUEST_FIELDS,
-                                                                      "num_hidden_layers": "layers"}.items()
-                   if getattr(old, f) is not None and getattr(old, f) != getattr(now, f)}
-        (tmp / "netgraft.json").write_text(json.dumps({
-            "operation": "deepen" if depth else "widen", "source": str(src), "changes": changes,
-            "shards": len(shards), "certificate": {"max_abs": cert.max_abs, "bound": cert.bound, "passed": cert.passed,
-                                                   "inputs": list(cert.inputs), "modes": list(cert.modes)},
-            "not_copied": dict(skipped)}, indent=1) + "\n")
-    return HFReport(family.name, changes, cert, dict(skipped))
+        def make(name: str, read: Callable[[str], torch.Tensor]) -> torch.Tensor:
+            return widener[0](name, read(name))
+    fields = {**REQUEST_FIELDS, "num_hidden_layers": "layers"}
+    changes = {k: (getattr(old, f), getattr(now, f)) for k, f in fields.items()
+               if getattr(old, f) is not None and getattr(old, f) != getattr(now, f)}
+    conv = _Conversion("deepen" if depth else "widen", source.cls, grown_config, make,
+                       lambda n: sources[n][0] if depth else n, changes, prepare)
+    return _convert(source, out, conv, max_shard_size=max_shard_size, force=force, check=check, progress=progress)
 
 
 def _certificate(reference: list[torch.Tensor], got: list[torch.Tensor], rows: list[tuple[str, slice]],
@@ -355,3 +411,47 @@ def _certificate(reference: list[torch.Tensor], got: list[torch.Tensor], rows: l
         measurements.append(measure(ya, yb, label, "eval", torch.float32))
     return Certificate(tuple(measurements), ("eval",), "streamed: eval mode on every probe (train mode and cached "
                                                        "decoding are certified by the in-memory path)")
+
+
+def upcycle_checkpoint(src: str | Path, out: str | Path, *, num_experts: int, top_k: int | None = None,
+                       granularity: int = 1, layers: list[int] | None = None, split: str | None = None,
+                       shared_expert: str = "zero", exact: bool = True, noise: float | None = None,
+                       drop: float = 0.0, expert_noise: float = 0.0, config: dict[str, Any] | None = None,
+                       seed: int | None = None, max_shard_size: int | str = "5GB", force: bool = False,
+                       check: bool = True, progress: Callable[[int, int, float], None] | None = None) -> HFReport:
+    """Upcycle the Hugging Face checkpoint in directory `src` into a mixture-of-experts checkpoint in `out`, in
+    bounded memory: the streamed form of `netgraft.upcycle` (the same arguments, plan and tensors), written as
+    `grow_checkpoint` writes (sharded, the hub's per-expert layout, atomic, side files along, never a pickle).
+
+    Example:
+        >>> import tempfile, transformers
+        >>> from netgraft.hf.stream import upcycle_checkpoint
+        >>> d = tempfile.mkdtemp()
+        >>> cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        ...                                num_attention_heads=4, num_key_value_heads=2, vocab_size=64)
+        >>> transformers.LlamaForCausalLM(cfg).save_pretrained(f"{d}/dense")
+        >>> report = upcycle_checkpoint(f"{d}/dense", f"{d}/moe", num_experts=4, top_k=2, seed=0)
+        >>> report.changes["model_type"], report.certificate.passed
+        (('llama', 'mixtral'), True)
+    """
+    src, out = Path(src), Path(out)
+    check_paths(src, out, force)
+    source = _Source.open(src)
+    shapes = {n: tuple(t.shape) for n, t in source.model.state_dict().items()}
+
+    def described(name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        return shapes[name], source.dtype(name)
+
+    plan = plan_upcycle(source.config, described, num_experts=num_experts, top_k=top_k, granularity=granularity,
+                        layers=layers, split=split, exact=exact, shared_expert=shared_expert, seed=resolve_seed(seed),
+                        noise=noise, drop=drop, expert_noise=expert_noise, overrides=config)
+    cls = target_class(source.cls, plan.target)
+    with torch.device("meta"):
+        target = cls(plan.new_config)
+    tied_out = _tied_output(target)
+    check_names(plan, {n: s for n, s in shapes.items() if n != _tied_output(source.model)},
+                {n: tuple(t.shape) for n, t in target.state_dict().items() if n != tied_out})
+    changes = upcycle_changes(plan)
+    conv = _Conversion("upcycle", cls, plan.new_config, plan.produce, plan.dtype_source, changes)
+    return _convert(source, out, conv, max_shard_size=max_shard_size, force=force, check=check and plan.exact,
+                    progress=progress)

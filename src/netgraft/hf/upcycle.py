@@ -124,6 +124,13 @@ class UpcyclePlan:
             return None
         return int(found.group(1)), found.group(2)
 
+    def dtype_source(self, name: str) -> str:
+        """The source tensor whose dtype the target's tensor `name` keeps (a new expert tensor: its dense FFN's)."""
+        where = self.layer_of(name)
+        if where is None or not self.experts.dense:
+            return name  # copied, or an MoE tensor of the same name
+        return name[: len(name) - len(where[1])] + "down_proj.weight"
+
     def produce(self, name: str, get: Callable[[str], torch.Tensor]) -> torch.Tensor:
         """The target's tensor `name`, from the source's tensors `get(source name)`."""
         where = self.layer_of(name)
@@ -337,6 +344,14 @@ def upcycle_state(model: nn.Module, plan: UpcyclePlan, target: nn.Module) -> dic
             raise HFError(f"upcycle: the source has no tensor '{name}'")
         return source[name]
     return {n: plan.produce(n, get) for n in names if n != skip}
+
+
+def upcycle_changes(plan: UpcyclePlan) -> dict[str, tuple[Any, Any]]:
+    """The config keys the upcycling changed: key -> (source's value, result's)."""
+    keys = [plan.target.experts, "num_experts_per_tok", plan.target.expert_ffn, plan.target.dense_layers,
+            plan.target.renormalise, "model_type"]
+    return {k: (getattr(plan.config, k, None), getattr(plan.new_config, k, None)) for k in keys
+            if k and getattr(plan.config, k, None) != getattr(plan.new_config, k, None)}
 
 
 def upcycle_hf(model: nn.Module, *, probe_inputs: Any = None, **request: Any) -> tuple[nn.Module, UpcyclePlan, Any]:

@@ -15,7 +15,7 @@ from ...core.guards import check_model
 from ...core.probes import make_probes
 from ...core.rng import resolve_seed
 from ...errors import InvalidRequestError, NotPreservedError
-from ...hf.upcycle import upcycle_hf
+from ...hf.upcycle import upcycle_changes, upcycle_hf
 from .generic import upcycle_modules
 
 
@@ -136,10 +136,7 @@ def upcycle(model: nn.Module, num_experts: int, top_k: int | None = None, granul
                                         shared_expert=shared_expert, seed=seed, noise=noise, drop=drop,
                                         expert_noise=expert_noise, overrides=config)
         inexact += [f"top_k={plan.experts.top_k} (fixed top-k)"] * (not plan.experts.exact)
-        keys = [plan.target.experts, "num_experts_per_tok", plan.target.expert_ffn, plan.target.dense_layers,
-                plan.target.renormalise, "model_type"]
-        changed = {k: (getattr(model.config, k, None), getattr(result.config, k, None)) for k in keys
-                   if k and getattr(model.config, k, None) != getattr(result.config, k, None)}
+        changed = upcycle_changes(plan)
         where = f"layers {plan.layers}" if len(plan.layers) < model.config.num_hidden_layers else "every layer"
         report = UpcycleReport(cert, not inexact, [(where, plan.experts.describe())], changed, inexact)
     result.netgraft_report = report
