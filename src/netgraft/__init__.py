@@ -11,6 +11,7 @@ Public API:
     groups(model, example_inputs) -> table of coupled dimensions
     upcycle(model, num_experts=E, top_k=k, granularity=1) -> mixture-of-experts copy computing the same function
     grow_checkpoint(src_dir, out_dir, ConfigSizes(...)) -> grow a Hugging Face checkpoint directory in bounded memory
+    upcycle_checkpoint(src_dir, out_dir, num_experts=E, top_k=k) -> upcycle a checkpoint directory in bounded memory
     check_preserved(a, b, example_inputs) -> Certificate (max output difference)
     register_op / register_layer / RuleContext -> extension point: how custom ops and layers couple their axes
     LayerKind / register_kind -> extension point: the rest netgraft knows about a layer type (deepen, grow_, inject)
@@ -24,7 +25,7 @@ from .core.layers import LayerKind, TracedLayer, register_kind, unregister_kind
 from .core.registry import RuleContext, register_layer, register_op, unregister_layer, unregister_op
 from .errors import InvalidRequestError, NetgraftError, NotPreservedError, UnknownNameError, UnsupportedModelError
 from .hf.request import ConfigSizes
-from .hf.stream import grow_checkpoint
+from .hf.stream import grow_checkpoint, upcycle_checkpoint
 from .ops.deepen import Deepened, DeepenReport, GatedBlock, Insertion, ResidualInsert, deepen, fold_gates, set_gates_
 from .ops.grow import GrowReport, GrowthSchedule, grow_
 from .ops.inject import SIMILARITY_THRESHOLD, InjectionReport, inject, inject_, similarity
@@ -38,6 +39,7 @@ __all__ = [
     "MoE",
     "UpcycleReport",
     "upcycle",
+    "upcycle_checkpoint",
     "ConfigSizes",
     "InvalidRequestError",
     "NetgraftError",
