@@ -15,7 +15,7 @@ from ..errors import EXTENSION_HINT, InvalidRequestError, UnsupportedModelError
 from . import space as sp
 from .attributes import check_attributes
 from .clone import clone_module
-from .coupling import Coupling
+from .coupling import Coupling, Group
 from .graph import COPY, FANIN
 from .memory import empty_for_write
 from .plan import IndexMap, SpaceMaps
@@ -40,8 +40,8 @@ def _tied_compensation(coupling: Coupling, maps: SpaceMaps) -> dict[tuple[str, i
         if not (COPY in roles and FANIN in roles):
             continue
         space = tr.param_dims[name][axis]
-        if not maps.changes(space):
-            continue
+        if not maps.changes(space) or bool(np.all(maps.get(space).frac == 1)):
+            continue  # nothing split (unchanged, or zero padding): nothing to absorb
         for op in tr.role_ops[(name, axis)]:
             if (name, axis, FANIN) not in op.roles:
                 continue
@@ -134,7 +134,7 @@ def _expand(t: torch.Tensor, srcs: dict[int, torch.Tensor], fracs: dict[int, tor
 
 
 def split_noise_(out: torch.Tensor, axis: int, src: torch.Tensor, frac: torch.Tensor, noise: float,
-                 gen: torch.Generator, name: str) -> None:
+                 gen: torch.Generator, name: str, fresh: np.ndarray | None = None) -> None:
     """Make the copies of each unit split every summed-over weight differently, element by element, keeping the sum.
 
     Copy j of old unit i carries ``frac[j] * (1 + noise * (z[..., j] - zbar[..., i]))`` of each weight, where z is
@@ -142,18 +142,21 @@ def split_noise_(out: torch.Tensor, axis: int, src: torch.Tensor, frac: torch.Te
     exactly one for every element, so the function is unchanged. A per-unit split (one fraction per copy) would not
     do: under Adam-type optimisers the copies' gradients differ only by that fraction, which the normalisation
     removes, so the copies would move together forever; with element-wise shares each copy sees its own
-    gradient direction. Uncopied units are untouched (z - zbar = 0)."""
+    gradient direction. Uncopied units are untouched (z - zbar = 0). `fresh` units (zero padding) are no copies:
+    they take no share (the kernel writes them afterwards)."""
     if out.dtype not in (torch.float32, torch.float64):
         raise InvalidRequestError(f"noise > 0 needs float32 or float64 parameters ('{name}' is {out.dtype}): "
                                   "element-wise "
                          f"shares do not add up exactly in lower precision; use noise=0 there")
     n_old = int(src.max()) + 1
-    if int(torch.bincount(src.cpu(), minlength=n_old).max()) < 2:
+    live = None if fresh is None else torch.from_numpy(~fresh)
+    if int(torch.bincount(src.cpu() if live is None else src.cpu()[live], minlength=n_old).max()) < 2:
         return
     shape = [1] * out.dim()
     shape[axis] = -1
     z = torch.randn(out.shape, generator=gen, dtype=torch.float64)
-    f = frac.to(torch.float64).reshape(shape)
+    f = frac.to(torch.float64) * (1.0 if live is None else live.double())
+    f = f.reshape(shape)
     src_cpu = src.cpu()
     zbar = torch.zeros([n_old if a == axis else n for a, n in enumerate(out.shape)], dtype=torch.float64)
     zbar.index_add_(axis, src_cpu, z * f)  # the copies' fractions of each old unit sum to one
@@ -180,13 +183,19 @@ class AxisGrowth:
     - otherwise the axis holds one entry per unit (weight rows, biases, norm gains): copies are plain copies, scaled
       by `scale` where the plan says so (a tied output's split absorbed by the norm before it, a norm gain folding
       a padded stream's statistics), and fresh units are filled by `fill`: "zero" or "mean" (the mean of the old
-      units, so a writer puts each token's mean into a padded LayerNorm stream).
+      units, so a writer puts each token's mean into a padded LayerNorm stream; with `weights`, the weighted sum
+      ``sum_c weights[c] * old[c]`` instead, e.g. a writer absorbing the layer scale after it).
+
+    `columns` says what fresh units of a summed axis get: "random" (default; the units they read are 0) or "zero"
+    (they read something else, e.g. each token's mean of a LayerNorm stream's old features).
     """
 
     map: IndexMap
     summed: bool
     fill: str = "zero"
     scale: np.ndarray | None = None  # per new unit, multiplied in on a per-unit axis
+    weights: np.ndarray | None = None  # per old unit: the "mean" fill as a weighted sum
+    columns: str = "random"
 
 
 def grow_tensor(t: torch.Tensor, axes: dict[int, AxisGrowth], *, noise: float = 0.0,
@@ -205,7 +214,7 @@ def grow_tensor(t: torch.Tensor, axes: dict[int, AxisGrowth], *, noise: float = 
         out = _expand(t.detach(), srcs, fracs)
         for a, g in axes.items():
             if noise and g.summed and g.scale is None:
-                split_noise_(out, a, srcs[a], fracs[a], noise, gen or noise_generator(None), name)
+                split_noise_(out, a, srcs[a], fracs[a], noise, gen or noise_generator(None), name, g.map.fresh)
         for a, g in axes.items():
             if g.map.fresh is not None:
                 _fill_fresh_(out, t, a, g, gen)
@@ -217,21 +226,74 @@ def _fill_fresh_(out: torch.Tensor, old: torch.Tensor, axis: int, g: AxisGrowth,
     idx = torch.from_numpy(np.nonzero(g.map.fresh)[0]).to(out.device)
     shape = list(out.shape)
     shape[axis] = len(idx)
-    if g.summed:  # random columns with the spread of the existing weights
+    if g.summed and g.columns == "random":  # random columns with the spread of the existing weights
         std = float(old.detach().double().std()) if old.numel() > 1 else 0.02
         gen = gen if gen is not None else torch.Generator().manual_seed(0)
         value = torch.randn(shape, generator=gen, dtype=torch.float64) * (std if std > 0 else 0.02)
-    elif g.fill == "mean":
-        kept = out.index_select(axis, torch.from_numpy(np.nonzero(~g.map.fresh)[0]).to(out.device))
-        value = kept.double().mean(axis, keepdim=True).expand(shape)
+    elif not g.summed and g.fill == "mean":
+        kept = out.index_select(axis, torch.from_numpy(np.nonzero(~g.map.fresh)[0]).to(out.device)).double()
+        if g.weights is None:
+            value = kept.mean(axis, keepdim=True).expand(shape)
+        else:
+            w = torch.from_numpy(np.asarray(g.weights, dtype=np.float64)).to(out.device)
+            value = (kept * _axis_view(w, axis, out.dim())).sum(axis, keepdim=True).expand(shape)
     else:
         value = torch.zeros(shape, dtype=torch.float64)
     out.index_copy_(axis, idx, value.to(device=out.device, dtype=out.dtype).contiguous())
 
 
-def grow_tensors(coupling: Coupling, maps: SpaceMaps) -> dict[str, torch.Tensor]:
-    """The traced front end's tensors: every parameter and buffer along a growing group, through `grow_tensor`."""
+def _padded_groups(coupling: Coupling, maps: SpaceMaps, padding: bool) -> dict[int, Group]:
+    """The groups `maps` zero-pads (leaf id -> group). Only `build_model` writes what padding needs besides the
+    tensors (the norms' epsilon): other callers (`grow_`) are refused rather than handed a stream that is off by the
+    epsilon's share."""
+    out = {}
+    for leaf_id, m in maps.maps.items():
+        if m.fresh is None:
+            continue
+        g = coupling.by_leaf.get(leaf_id)
+        proof = g.padding if g is not None else None
+        if proof is None:
+            raise UnsupportedModelError(f"internal: {g.name if g else leaf_id} is zero-padded without a proof")
+        if not padding:
+            raise InvalidRequestError(
+                f"'{g.name}' ({g.display_size}) would grow by zero padding ({proof.norm} over it, size not a multiple "
+                f"of {g.display_size}), which only widen applies; use a multiple of {g.display_size} here")
+        out[leaf_id] = g
+    return out
+
+
+def _padding_growth(coupling: Coupling, maps: SpaceMaps, padded: dict[int, Group], name: str, axis: int,
+                    m: IndexMap, roles: set[str]) -> AxisGrowth | None:
+    """How axis `axis` of `name` grows when it lies along a zero-padded group (None: it does not): the group's
+    `PadProof` says what its new units hold; a norm gain also absorbs sqrt(d/D) (`netgraft.core.padding`)."""
+    space = coupling.trace.param_dims[name][axis]
+    leaves = [x for x in sp.leaves(space) if x.id in padded]
+    if not leaves:
+        return None
+    r = sp.find(space)
+    g = padded[leaves[0].id]
+    fill = g.padding.fills.get((name, axis))
+    if fill is None or fill.summed != (roles == {FANIN}) or (r is not g.leaf and not fill.summed):
+        raise UnsupportedModelError(f"internal: the padding proof of '{g.name}' says nothing about '{name}' axis "
+                                    f"{axis}")
+    if fill.summed:
+        return AxisGrowth(m, summed=True, columns="zero" if fill.value == "zero" else "random")
+    scale = np.full(len(m.src), np.sqrt(g.size / len(m.src))) if fill.gain else None
+    weights = None
+    if fill.weights is not None:  # the layer scale gamma after a writer: sum_c gamma_c row_c / (d * gamma')
+        gamma = coupling.trace.tensors_by_name[fill.weights].detach()
+        stored = float(gamma.double().mean().to(gamma.dtype))  # gamma's new unit, as the kernel will store it
+        weights = gamma.double().reshape(-1).cpu().numpy() / (g.size * stored)
+    return AxisGrowth(m, summed=False, fill=fill.value, scale=scale, weights=weights)
+
+
+def grow_tensors(coupling: Coupling, maps: SpaceMaps, *, padding: bool = False) -> dict[str, torch.Tensor]:
+    """The traced front end's tensors: every parameter and buffer along a growing group, through `grow_tensor`.
+
+    `padding`: the caller also applies `padded_attributes` (the norms' epsilon), so zero-padded groups may be
+    grown; without it they are refused."""
     tr = coupling.trace
+    padded = _padded_groups(coupling, maps, padding)
     extra = _tied_compensation(coupling, maps)
     gen = noise_generator(maps.seed)
     new: dict[str, torch.Tensor] = {}
@@ -248,12 +310,26 @@ def grow_tensors(coupling: Coupling, maps: SpaceMaps) -> dict[str, torch.Tensor]
                     f"'{name}' axis {axis} lies along a dimension that grows, but no traced op says how it is used "
                     f"(per unit, or summed over). {EXTENSION_HINT}"
                 )
+            pad = _padding_growth(coupling, maps, padded, name, axis, m, roles) if padded else None
+            if pad is not None:
+                axes[axis] = pad
+                continue
             tied = (name, axis) in extra  # a per-unit axis that a tied use also sums over: scaled, never noised
             scale = maps.get(extra[(name, axis)]).frac if tied else None
             axes[axis] = AxisGrowth(m, summed=roles == {FANIN} and not tied, scale=scale)
         if axes:
             new[name] = grow_tensor(t, axes, noise=maps.noise, gen=gen, name=name)
     return new
+
+
+def padded_attributes(coupling: Coupling, maps: SpaceMaps) -> list[tuple[str, str, float]]:
+    """(module path, attribute, value) to set in a result whose groups are zero-padded: each norm's epsilon x d/D."""
+    out = []
+    for leaf_id, g in _padded_groups(coupling, maps, True).items():
+        new = len(maps.maps[leaf_id].src)
+        for site in g.padding.eps:
+            out.append((site.module, "eps", g.padding.eps_value(site, g.size, new)))
+    return out
 
 
 def _check_prefix_uses(coupling: Coupling, maps: SpaceMaps) -> None:
@@ -272,7 +348,7 @@ def build_model(coupling: Coupling, maps: SpaceMaps, sizes_of) -> nn.Module:
     tr = coupling.trace
     model = tr.model
     _check_prefix_uses(coupling, maps)
-    new = grow_tensors(coupling, maps)
+    new = grow_tensors(coupling, maps, padding=True)
     memo: dict[int, object] = {}
     for name, t in new.items():
         old = tr.tensors_by_name[name]
@@ -287,5 +363,7 @@ def build_model(coupling: Coupling, maps: SpaceMaps, sizes_of) -> nn.Module:
         value = tuple(sizes_of(s) for s in setter.spaces) if isinstance(setter.spaces, tuple) else sizes_of(
             setter.spaces)
         setattr(module, setter.attr, value)
+    for path, attr, value in padded_attributes(coupling, maps):
+        setattr(result.get_submodule(path) if path else result, attr, value)
     check_attributes(result)
     return result

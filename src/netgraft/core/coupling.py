@@ -23,7 +23,9 @@ as they are (a refusal lists them as candidates).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -32,6 +34,8 @@ from ..errors import InvalidRequestError, UnknownNameError
 from . import space as sp
 from .graph import AttrSetter, Factoring, Link, Producer, Trace, TracedInt
 from .guards import check_model
+from .padding import PadProof
+from .padding import prove as prove_padding
 from .space import Space, total_size
 from .trace import trace
 
@@ -69,10 +73,40 @@ class Group:
     uniform: list[str] = field(default_factory=list)
     dependent: bool = False  # size follows another group through a link (e.g. attention heads)
     producers: list[str] = field(default_factory=list)  # every key whose dimension contains this group
+    # proves zero padding exact (`netgraft.core.padding.prove`), run on first use; set by `Coupling`
+    _prove: Callable[[], PadProof | str] | None = field(default=None, repr=False, compare=False)
+    _proof: PadProof | str | None = field(default=None, repr=False, compare=False)
 
     @property
     def growable(self) -> bool:
         return not self.fixed and not self.blocked
+
+    def _padding(self) -> PadProof | str:
+        if self._proof is None:
+            self._proof = self._prove() if self._prove is not None else "not a LayerNorm/RMSNorm dimension"
+        return self._proof
+
+    @property
+    def padding(self) -> PadProof | None:
+        """Under a LayerNorm/RMSNorm (a `uniform` constraint): the proof that zero padding to any size is exact, or
+        None (see `padding_refused`). Integer multiples still grow by uniform replication."""
+        if not self.uniform or not self.growable:
+            return None
+        proof = self._padding()
+        return proof if isinstance(proof, PadProof) else None
+
+    @property
+    def padding_refused(self) -> str:
+        """Why zero padding is not exact for this group ("" when it is, or when the group needs none)."""
+        if not self.uniform or not self.growable:
+            return ""
+        proof = self._padding()
+        return "" if isinstance(proof, PadProof) else proof
+
+    @property
+    def multiples_only(self) -> bool:
+        """True when the group grows by integer multiples only (uniform replication, no provable padding)."""
+        return bool(self.uniform) and self.padding is None
 
     @property
     def display_size(self) -> int:
@@ -80,7 +114,10 @@ class Group:
 
     def constraints(self) -> list[str]:
         out = []
-        if self.uniform:
+        if self.uniform and self.padding is not None:
+            out.append(f"any size (zero padding under {self.padding.norm}; multiples of {self.display_size} "
+                       f"replicate)")
+        elif self.uniform:
             out.append(f"multiple of {self.display_size} (uniform replication: {self.uniform[0]})")
         if self.unit > 1:
             out.append(f"multiple of {self.unit}: {self.unit_reason or f'grows in units of {self.unit}'}")
@@ -92,7 +129,7 @@ class Group:
         """The next valid sizes of the named dimension, ignoring links to other groups."""
         if not self.growable:
             return []
-        step = self.size if self.uniform else 1
+        step = self.size if self.multiples_only else 1
         return [(self.size + step * k) * self.unit for k in range(1, count + 1)]
 
 
@@ -177,6 +214,8 @@ class Coupling:
                 continue
             f, b, u = self.status.get(leaf.id, ([], [], []))
             g = Group(len(self.groups), leaf, leaf.size, members=members[leaf.id], fixed=f, blocked=b, uniform=u)
+            if u:
+                g._prove = partial(prove_padding, trace, leaf, u)
             self.groups.append(g)
             self.by_leaf[leaf.id] = g
         self._name_groups()
@@ -583,7 +622,9 @@ def groups(model: nn.Module, example_inputs: Any, heads: dict[str, str] | None =
     """The coupled dimensions of `model`: what can be widened, what must change together, and why not.
 
     Each `Group` has `name` (the key to use in `widen`'s `widths`), `display_size`, `members` (parameter, axis,
-    role), `constraints()` and `growable`. `heads` as in `widen`.
+    role), `constraints()`, `valid_sizes()` and `growable`. A dimension under a LayerNorm/RMSNorm grows by integer
+    multiples, or to any size where zero padding is proven exact (`padding`; "any size (zero padding ...)" in the
+    table; `padding_refused` says why not elsewhere). `heads` as in `widen`.
 
     Example:
         >>> import torch, netgraft

@@ -1,4 +1,9 @@
-"""Plan: new sizes for the groups (checked against their constraints and links) and an index map for each."""
+"""Plan: new sizes for the groups (checked against their constraints and links) and an index map for each.
+
+A group under a LayerNorm/RMSNorm (a `uniform` constraint) grows by uniform replication to integer multiples, as
+before, and to any other size by zero padding (`IndexMap.padded`) where `netgraft.core.padding` proves it exact
+(`Group.padding`); elsewhere such sizes are refused with the proof's reason. A float factor rounds up to the nearest
+valid size, so it pads where padding is exact (1.5 x 32 = 48) and rounds up to a multiple where it is not."""
 
 from __future__ import annotations
 
@@ -115,10 +120,11 @@ class Planner:
                 f"'{key}' ({_describe(g)}) has size {old_total}; requested {total}. Valid sizes: "
                 f"{self.valid_totals(g, unit)}" + (" (sizes never shrink)" if total < old_total else "")
             )
-        if g.uniform and new % g.size:
+        if g.multiples_only and new % g.size:
             raise InvalidRequestError(
                 f"'{key}' has size {old_total} and {g.uniform[0]}: exact widening needs uniform replication, i.e. "
-                f"a multiple of {old_total}. Valid sizes: {self.valid_totals(g, unit)}"
+                f"a multiple of {old_total}; zero padding to other sizes is not exact here: {g.padding_refused}. "
+                f"Valid sizes: {self.valid_totals(g, unit)}"
             )
         if g.leaf.id in self.sizes and self.sizes[g.leaf.id] != new:
             raise InvalidRequestError(f"conflicting sizes for {_describe(g)}: {self.sizes[g.leaf.id] * unit} and "
@@ -134,7 +140,7 @@ class Planner:
         out, q = [], g.size
         while len(out) < count and q < g.size * 1000:
             q += 1
-            if g.uniform and q % g.size:
+            if g.multiples_only and q % g.size:
                 continue
             trial = {**self.sizes, g.leaf.id: q}
             try:
@@ -161,7 +167,7 @@ class Planner:
                 continue
             q = max(math.ceil(g.size * factor - 1e-9), g.size + 1)
             for _ in range(100 * g.size):
-                if not (g.uniform and q % g.size):
+                if not (g.multiples_only and q % g.size):
                     trial = {**self.sizes, g.leaf.id: q}
                     try:
                         self.propagate(trial)
@@ -199,7 +205,7 @@ class Planner:
                     leaf = todo[0]
                     new = solve_leaf(other, leaf, sizes, want)
                     g = self.c.by_leaf[leaf.id]
-                    if new is None or new < leaf.size or (g.uniform and new % leaf.size):
+                    if new is None or new < leaf.size or (g.multiples_only and new % leaf.size):
                         raise InvalidRequestError(f"{link.reason}: {_describe(g)} cannot be resized to make it "
                                                   f"{want} wide")
                     sizes[leaf.id] = new
@@ -222,6 +228,12 @@ class Planner:
             if q == g.size:
                 continue
             n = g.size
+            if g.uniform and q % n:  # under a LayerNorm/RMSNorm, not a multiple: zero padding (proven exact)
+                if g.padding is None:
+                    raise InvalidRequestError(f"{_describe(g)} cannot be {q}: not a multiple of {n}, and "
+                                              f"{g.padding_refused}")
+                maps[g.leaf.id] = IndexMap.padded(n, q)
+                continue
             if g.uniform:
                 src = np.arange(q) % n
             else:

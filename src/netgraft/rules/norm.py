@@ -1,5 +1,6 @@
 """Normalisation layers: coupling rules and kinds for BatchNorm/InstanceNorm (per-channel statistics), LayerNorm/
-RMSNorm (statistics over the normalised axes: uniform replication only) and GroupNorm (grows by whole groups)."""
+RMSNorm (statistics over the normalised axes: uniform replication, or zero padding where `netgraft.core.padding`
+proves it exact) and GroupNorm (grows by whole groups)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from ..core.graph import OpRecord, Value
 from ..core.layers import LayerKind, ShapeOf, register_kind
+from ..core.padding import NORM_REASONS
 from ..core.registry import RuleContext, register_op
 from ..core.space import Space
 from .owner import _owner
@@ -30,10 +32,12 @@ def _batch_norm(ctx: RuleContext) -> None:
 
 
 def _normalized(ctx: RuleContext, x: Value, k: int, what: str) -> list[Space]:
+    """The normalised axes: uniform replication keeps their statistics; zero padding can too, where
+    `netgraft.core.padding` proves it (it recognises this constraint by its reason, `NORM_REASONS`)."""
     spaces = [x.dims[len(x.shape) - k + i] for i in range(k)]
     for s in spaces:
         if s.size > 1:
-            ctx.uniform(s, f"{what} normalises over this axis")
+            ctx.uniform(s, NORM_REASONS[what])
     return spaces
 
 

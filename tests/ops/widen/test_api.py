@@ -89,14 +89,13 @@ def test_tied_embeddings_stay_tied() -> None:
     assert len({id(p) for p in wide.parameters()}) == len(list(wide.parameters()))
 
 
-def test_layernorm_needs_a_multiple_and_says_so() -> None:
+def test_layernorm_dimension_pads_to_any_size_where_provable() -> None:
     m, x = zoo("mlp_gelu_ln")
-    name = netgraft.groups(m, x)[0].name
-    size = netgraft.groups(m, x)[0].display_size
-    with pytest.raises(ValueError) as err:
-        netgraft.widen(m, {name: size + 1}, example_inputs=x)
-    assert "LayerNorm" in str(err.value) and str(2 * size) in str(err.value)
-    wide = netgraft.widen(m, {name: 3 * size}, example_inputs=x)  # any integer factor is exact
+    group = netgraft.groups(m, x)[0]
+    assert "zero padding under LayerNorm" in "; ".join(group.constraints())
+    wide = netgraft.widen(m, {group.name: group.display_size + 1}, example_inputs=x)  # zero padding, eps rescaled
+    assert_exact(m, wide, x)
+    wide = netgraft.widen(m, {group.name: 3 * group.display_size}, example_inputs=x)  # integer factors replicate
     assert_exact(m, wide, x)
 
 
